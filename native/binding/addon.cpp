@@ -1,0 +1,12 @@
+// Node-API entry point: each concept registers its own bindings (one file per concept).
+#include <napi.h>
+#include "binding.h"
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  svdq::binding::registerTensors(env, exports);
+  svdq::binding::registerEngine(env, exports);
+  svdq::binding::registerQuant(env, exports);
+  return exports;
+}
+
+NODE_API_MODULE(svdq, Init)

@@ -1,0 +1,116 @@
+// The engine's LoRA stack: read a file, map it onto the model's layers, attach it natively, and
+// later rescale or remove it, all without reloading or re-quantizing the base model.
+// The native side orders LoRA changes after forwards in flight (exclusive lock on a worker thread),
+// so callers may change LoRAs while a sampling run is going: the change lands between forwards.
+import { basename } from 'node:path';
+import { parseLora } from '../formats/lora.ts';
+import type { LoraNaming, LoraSource, UnmatchedKey } from '../formats/lora.ts';
+import type { LayerShape } from '../formats/flux-keys.ts';
+
+export { LoraFormatError } from '../formats/lora.ts';
+export type { UnmatchedKey } from '../formats/lora.ts';
+
+/** What the native engine offers for LoRAs (native/binding/lora.cpp). */
+export interface LoraNative {
+  /** Every linear of the loaded model: BFL name, in/out features. */
+  loraLayers(): Array<{ name: string; in: number; out: number }>;
+  /** Attaches all patches or none; resolves to the number of layers patched. */
+  attachLora(id: number, patches: Array<{ layer: string; rank: number; down: Float32Array; up: Float32Array }>, strength: number): Promise<number>;
+  setLoraStrength(id: number, strength: number): Promise<number>;
+  removeLora(id: number): Promise<number>;
+}
+
+export interface AddLoraResult {
+  id: number;
+  /** Number of model layers that carry this LoRA. */
+  patched: number;
+  /** Keys of the file that were not applied, each with the reason. */
+  unmatched: UnmatchedKey[];
+  formats: LoraNaming[];
+}
+
+export interface LoraInfo {
+  id: number;
+  path: string;
+  name: string;
+  strength: number;
+  patched: number;
+  unmatched: number;
+  formats: LoraNaming[];
+}
+
+/** An id that names no attached LoRA (the server answers 404). */
+export class UnknownLoraError extends Error {
+  constructor(id: number) {
+    super(`no LoRA with id ${id} is attached`);
+    this.name = 'UnknownLoraError';
+  }
+}
+
+function checkStrength(strength: number): void {
+  if (typeof strength !== 'number' || !Number.isFinite(strength)) {
+    throw new RangeError(`LoRA strength must be a finite number, got ${String(strength)}`);
+  }
+}
+
+export class LoraStack {
+  private nextId = 1;
+  private readonly active = new Map<number, LoraInfo>();
+  private layerShapes: Map<string, LayerShape> | undefined;
+
+  constructor(
+    private readonly native: LoraNative,
+    private readonly readFile: (path: string) => LoraSource | Promise<LoraSource>,
+  ) {}
+
+  private layers(): Map<string, LayerShape> {
+    this.layerShapes ??= new Map(this.native.loraLayers().map((l) => [l.name, { in: l.in, out: l.out }]));
+    return this.layerShapes;
+  }
+
+  /** Reads and attaches a LoRA file. A bad file throws (LoraFormatError naming the key) and changes nothing. */
+  async add(path: string, strength = 1): Promise<AddLoraResult> {
+    checkStrength(strength);
+    const src = await this.readFile(path);
+    const parsed = parseLora(src, this.layers(), { file: path });
+    const id = this.nextId++;
+    const patched = await this.native.attachLora(
+      id,
+      parsed.patches.map((p) => ({ layer: p.layer, rank: p.rank, down: p.down, up: p.up })),
+      strength,
+    );
+    this.active.set(id, {
+      id,
+      path,
+      name: basename(path),
+      strength,
+      patched,
+      unmatched: parsed.unmatched.length,
+      formats: parsed.formats,
+    });
+    return { id, patched, unmatched: parsed.unmatched, formats: parsed.formats };
+  }
+
+  private get(id: number): LoraInfo {
+    const info = this.active.get(id);
+    if (!info) throw new UnknownLoraError(id);
+    return info;
+  }
+
+  async setStrength(id: number, strength: number): Promise<void> {
+    checkStrength(strength);
+    const info = this.get(id);
+    await this.native.setLoraStrength(id, strength);
+    info.strength = strength;
+  }
+
+  async remove(id: number): Promise<void> {
+    this.get(id);
+    await this.native.removeLora(id);
+    this.active.delete(id);
+  }
+
+  list(): LoraInfo[] {
+    return [...this.active.values()].map((i) => ({ ...i }));
+  }
+}

@@ -6,6 +6,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   svdq::binding::registerTensors(env, exports);
   svdq::binding::registerEngine(env, exports);
   svdq::binding::registerQuant(env, exports);
+  svdq::binding::registerLora(env, exports);
   return exports;
 }
 

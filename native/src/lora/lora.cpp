@@ -7,6 +7,12 @@
 namespace svdq {
 
 namespace {
+std::string dims(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
 void checkFinite(const Tensor& t, const std::string& what) {
   for (int64_t i = 0; i < t.numel(); ++i) {
     if (!std::isfinite(t.data[static_cast<size_t>(i)])) {
@@ -34,14 +40,14 @@ int attachLora(LinearMap& linears, int id, std::vector<LoraPatch> patches, float
     const Linear& l = *it->second;
     const int64_t in = l.inFeatures(), out = l.outFeatures();
     if (p.down.shape.size() != 2 || p.up.shape.size() != 2) {
-      throw Error("LoRA layer '" + p.layer + "': down " + shapeString(p.down.shape) + " and up " +
-                  shapeString(p.up.shape) + " must both be 2-D");
+      throw Error("LoRA layer '" + p.layer + "': down " + dims(p.down.shape) + " and up " +
+                  dims(p.up.shape) + " must both be 2-D");
     }
     const int64_t r = p.down.shape[0];
-    if (r <= 0) throw Error("LoRA layer '" + p.layer + "': rank 0 (down " + shapeString(p.down.shape) + ")");
+    if (r <= 0) throw Error("LoRA layer '" + p.layer + "': rank 0 (down " + dims(p.down.shape) + ")");
     if (p.down.shape[1] != in || p.up.shape[0] != out || p.up.shape[1] != r) {
-      throw Error("LoRA layer '" + p.layer + "': down " + shapeString(p.down.shape) + ", up " +
-                  shapeString(p.up.shape) + " do not fit the layer: expected down [" + std::to_string(r) + ", " +
+      throw Error("LoRA layer '" + p.layer + "': down " + dims(p.down.shape) + ", up " +
+                  dims(p.up.shape) + " do not fit the layer: expected down [" + std::to_string(r) + ", " +
                   std::to_string(in) + "], up [" + std::to_string(out) + ", " + std::to_string(r) + "]");
     }
     if (static_cast<int64_t>(p.down.data.size()) != r * in || static_cast<int64_t>(p.up.data.size()) != out * r) {

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "binding.h"
@@ -80,32 +81,47 @@ float strengthArg(const Napi::CallbackInfo& info, size_t i) {
   return static_cast<float>(v);
 }
 
-Tensor matrixArg(Napi::Env env, const Napi::Object& patch, const char* field, int64_t rows, int64_t cols,
-                 const std::string& layer) {
-  Napi::Value v = patch.Get(field);
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
-    throw Napi::TypeError::New(env, "LoRA layer '" + layer + "': " + field + " must be a Float32Array");
-  }
-  auto a = v.As<Napi::Float32Array>();
-  if (static_cast<int64_t>(a.ElementLength()) != rows * cols) {
-    throw Napi::RangeError::New(env, "LoRA layer '" + layer + "': " + field + " has " + std::to_string(a.ElementLength()) +
-                                         " values, expected " + std::to_string(rows) + " x " + std::to_string(cols));
-  }
-  Tensor t;
-  t.shape = {rows, cols};
-  t.data.resize(static_cast<size_t>(rows * cols));
-  std::memcpy(t.ptr(), a.Data(), sizeof(float) * static_cast<size_t>(rows * cols));
-  return t;
+// {dtype, data: Uint8Array} -> borrowed bytes (kept alive by the worker's references).
+void bytesArg(Napi::Env env, const Napi::Value& v, const std::string& key, DType* type, const uint8_t** data, size_t* n,
+              std::vector<Napi::ObjectReference>* keep) {
+  if (!v.IsObject()) throw Napi::TypeError::New(env, key + ": expected a tensor {dtype, shape, data}");
+  Napi::Object o = v.As<Napi::Object>();
+  std::string dt = o.Get("dtype").ToString();
+  if (dt == "F32") *type = DType::F32;
+  else if (dt == "F16") *type = DType::F16;
+  else if (dt == "BF16") *type = DType::BF16;
+  else throw Napi::TypeError::New(env, key + ": dtype " + dt + " is not a floating type (F32, F16, BF16)");
+  Napi::Value d = o.Get("data");
+  if (!d.IsTypedArray() || d.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    throw Napi::TypeError::New(env, key + ": data must be a Uint8Array");
+  auto u = d.As<Napi::Uint8Array>();
+  *data = u.Data();
+  *n = u.ByteLength();
+  keep->push_back(Napi::Persistent(u.As<Napi::Object>()));
+}
+
+int64_t intField(Napi::Env env, const Napi::Object& o, const char* f, const std::string& what) {
+  Napi::Value v = o.Get(f);
+  if (!v.IsNumber()) throw Napi::TypeError::New(env, what + ": '" + f + "' must be a number");
+  return v.As<Napi::Number>().Int64Value();
 }
 
 // Runs `work` on a worker thread holding the engine's exclusive lock; resolves with its int result.
 class LoraWorker : public Napi::AsyncWorker {
  public:
-  LoraWorker(Napi::Env env, ModelRef ref, std::function<int(LinearMap&)> work)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), ref_(std::move(ref)), work_(std::move(work)) {}
+  // prepare (optional) runs first without the lock: work that only reads layer shapes.
+  LoraWorker(Napi::Env env, ModelRef ref, std::function<int(LinearMap&)> work,
+             std::vector<Napi::ObjectReference> keep = {}, std::function<void(const LinearMap&)> prepare = {})
+      : Napi::AsyncWorker(env),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        ref_(std::move(ref)),
+        work_(std::move(work)),
+        prepare_(std::move(prepare)),
+        keep_(std::move(keep)) {}
   Napi::Promise promise() { return deferred_.Promise(); }
   void Execute() override {
     try {
+      if (prepare_) prepare_(*ref_.linears);
       std::unique_lock<std::shared_mutex> lock(*ref_.lock);
       result_ = work_(*ref_.linears);
     } catch (const std::exception& e) {
@@ -119,11 +135,14 @@ class LoraWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   ModelRef ref_;
   std::function<int(LinearMap&)> work_;
+  std::function<void(const LinearMap&)> prepare_;
+  std::vector<Napi::ObjectReference> keep_;  // JS buffers the work reads from
   int result_ = 0;
 };
 
-Napi::Value run(const Napi::CallbackInfo& info, std::function<int(LinearMap&)> work) {
-  auto* w = new LoraWorker(info.Env(), modelArg(info), std::move(work));
+Napi::Value run(const Napi::CallbackInfo& info, std::function<int(LinearMap&)> work,
+                std::vector<Napi::ObjectReference> keep = {}, std::function<void(const LinearMap&)> prepare = {}) {
+  auto* w = new LoraWorker(info.Env(), modelArg(info), std::move(work), std::move(keep), std::move(prepare));
   w->Queue();
   return w->promise();
 }
@@ -146,36 +165,54 @@ Napi::Value LoraLayers(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// attachLora(engine, id, [{layer, rank, down: Float32Array [rank*in], up: Float32Array [out*rank]}], strength) -> Promise<int>
+// attachLora(engine, id, layers, strength, file) -> Promise<layers patched>
+// layers: [{layer, rank, parts: [{downKey, upKey, down: tensor, up: tensor, rank, rowStart, rows, col,
+// swapHalves, scale}]}] as sidecar/formats/lora.ts planLora() makes them. The factors are decoded
+// and fused on the worker thread straight into the engine's buffers (one pass over the data).
 Napi::Value AttachLora(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  ModelRef ref = modelArg(info);
   int id = idArg(info, 1);
-  if (info.Length() < 3 || !info[2].IsArray()) throw Napi::TypeError::New(env, "LoRA patches must be an array");
+  if (info.Length() < 3 || !info[2].IsArray()) throw Napi::TypeError::New(env, "LoRA layers must be an array");
   float strength = strengthArg(info, 3);
+  std::string file = info.Length() > 4 && info[4].IsString() ? info[4].As<Napi::String>().Utf8Value() : "LoRA";
   Napi::Array arr = info[2].As<Napi::Array>();
-  std::vector<LoraPatch> patches;
-  patches.reserve(arr.Length());
-  {
-    // Shapes come from the model: the copies below are sized from them, so a lying `rank` cannot overrun.
-    std::shared_lock<std::shared_mutex> lock(*ref.lock);
-    for (uint32_t i = 0; i < arr.Length(); ++i) {
-      Napi::Object p = arr.Get(i).As<Napi::Object>();
-      std::string layer = p.Get("layer").ToString();
-      auto it = ref.linears->find(layer);
-      if (it == ref.linears->end()) throw Napi::Error::New(env, "LoRA layer '" + layer + "': the model has no such linear layer");
-      if (!p.Get("rank").IsNumber()) throw Napi::TypeError::New(env, "LoRA layer '" + layer + "': rank must be a number");
-      int64_t r = p.Get("rank").As<Napi::Number>().Int64Value();
-      if (r <= 0) throw Napi::Error::New(env, "LoRA layer '" + layer + "': rank " + std::to_string(r) + " (must be > 0)");
-      LoraPatch lp;
-      lp.layer = layer;
-      lp.down = matrixArg(env, p, "down", r, it->second->inFeatures(), layer);
-      lp.up = matrixArg(env, p, "up", it->second->outFeatures(), r, layer);
-      patches.push_back(std::move(lp));
+  auto layers = std::make_shared<std::vector<LoraLayerSource>>();
+  std::vector<Napi::ObjectReference> keep;
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    if (!arr.Get(i).IsObject()) throw Napi::TypeError::New(env, "LoRA layer plan must be an object");
+    Napi::Object l = arr.Get(i).As<Napi::Object>();
+    LoraLayerSource src;
+    src.layer = l.Get("layer").ToString();
+    src.rank = intField(env, l, "rank", "LoRA layer '" + src.layer + "'");
+    Napi::Value partsV = l.Get("parts");
+    if (!partsV.IsArray()) throw Napi::TypeError::New(env, "LoRA layer '" + src.layer + "': parts must be an array");
+    Napi::Array parts = partsV.As<Napi::Array>();
+    for (uint32_t j = 0; j < parts.Length(); ++j) {
+      Napi::Object p = parts.Get(j).As<Napi::Object>();
+      LoraSourcePart sp;
+      sp.downKey = p.Get("downKey").ToString();
+      sp.upKey = p.Get("upKey").ToString();
+      bytesArg(env, p.Get("down"), sp.downKey, &sp.downType, &sp.down, &sp.downBytes, &keep);
+      bytesArg(env, p.Get("up"), sp.upKey, &sp.upType, &sp.up, &sp.upBytes, &keep);
+      sp.rank = intField(env, p, "rank", sp.downKey);
+      sp.rowStart = intField(env, p, "rowStart", sp.upKey);
+      sp.rows = intField(env, p, "rows", sp.upKey);
+      sp.col = intField(env, p, "col", sp.downKey);
+      sp.swapHalves = p.Get("swapHalves").ToBoolean();
+      Napi::Value sc = p.Get("scale");
+      if (!sc.IsNumber()) throw Napi::TypeError::New(env, sp.downKey + ": scale must be a number");
+      sp.scale = static_cast<float>(sc.As<Napi::Number>().DoubleValue());
+      src.parts.push_back(std::move(sp));
     }
+    layers->push_back(std::move(src));
   }
-  auto shared = std::make_shared<std::vector<LoraPatch>>(std::move(patches));
-  return run(info, [id, strength, shared](LinearMap& m) { return attachLora(m, id, std::move(*shared), strength); });
+  const int threads = std::max(1u, std::min(4u, std::thread::hardware_concurrency()));
+  // Decoding (the long part) happens before the exclusive lock, so forwards keep running meanwhile.
+  auto patches = std::make_shared<std::vector<LoraPatch>>();
+  return run(
+      info, [id, strength, patches](LinearMap& m) { return attachLora(m, id, std::move(*patches), strength, false); },
+      std::move(keep),
+      [layers, patches, file, threads](const LinearMap& m) { *patches = assembleLoraSources(m, *layers, file, threads); });
 }
 
 Napi::Value SetLoraStrength(const Napi::CallbackInfo& info) {

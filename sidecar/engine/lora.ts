@@ -3,8 +3,8 @@
 // The native side orders LoRA changes after forwards in flight (exclusive lock on a worker thread),
 // so callers may change LoRAs while a sampling run is going: the change lands between forwards.
 import { basename } from 'node:path';
-import { parseLora } from '../formats/lora.ts';
-import type { LoraNaming, LoraSource, UnmatchedKey } from '../formats/lora.ts';
+import { planLora } from '../formats/lora.ts';
+import type { LoraLayerPlan, LoraNaming, LoraSource, UnmatchedKey } from '../formats/lora.ts';
 import type { LayerShape } from '../formats/flux-keys.ts';
 
 export { LoraFormatError } from '../formats/lora.ts';
@@ -14,8 +14,11 @@ export type { UnmatchedKey } from '../formats/lora.ts';
 export interface LoraNative {
   /** Every linear of the loaded model: BFL name, in/out features. */
   loraLayers(): Array<{ name: string; in: number; out: number }>;
-  /** Attaches all patches or none; resolves to the number of layers patched. */
-  attachLora(id: number, patches: Array<{ layer: string; rank: number; down: Float32Array; up: Float32Array }>, strength: number): Promise<number>;
+  /**
+   * Decodes and fuses the planned factors natively and attaches all layers or none; resolves to the
+   * number of layers patched. Rejects naming `file` and the key (NaN/Inf, bytes that do not fit).
+   */
+  attachLora(id: number, layers: LoraLayerPlan[], strength: number, file: string): Promise<number>;
   setLoraStrength(id: number, strength: number): Promise<number>;
   removeLora(id: number): Promise<number>;
 }
@@ -72,13 +75,9 @@ export class LoraStack {
   async add(path: string, strength = 1): Promise<AddLoraResult> {
     checkStrength(strength);
     const src = await this.readFile(path);
-    const parsed = parseLora(src, this.layers(), { file: path });
+    const parsed = planLora(src, this.layers(), { file: path });
     const id = this.nextId++;
-    const patched = await this.native.attachLora(
-      id,
-      parsed.patches.map((p) => ({ layer: p.layer, rank: p.rank, down: p.down, up: p.up })),
-      strength,
-    );
+    const patched = await this.native.attachLora(id, parsed.layers, strength, path);
     this.active.set(id, {
       id,
       path,

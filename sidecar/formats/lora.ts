@@ -209,13 +209,41 @@ function readPeftConfig(metadata: Record<string, string>, file: string): PeftCon
   };
 }
 
-interface Part {
+/** One source module inside a layer plan: raw factors (validated shapes, values not yet read). */
+export interface LoraPartPlan {
   module: string;
-  target: KeyTarget;
-  down: Float32Array;
-  up: Float32Array;
+  downKey: string;
+  upKey: string;
+  /** A_i: [rank, in], any float dtype, as stored. */
+  down: TensorData;
+  /** B_i: [rows, rank], as stored. */
+  up: TensorData;
   rank: number;
+  /** Output rows of the layer this part writes: [rowStart, rowStart + rows). */
+  rowStart: number;
+  rows: number;
+  /** Swap the two halves of B_i's rows (diffusers norm_out -> BFL final layer). */
+  swapHalves: boolean;
+  /** alpha / rank as the format defines it; multiplies B_i. */
   scale: number;
+  /** First column of the fused B (first row of the fused A) this part occupies. */
+  col: number;
+}
+
+/** How one BFL layer's fused LoRA is assembled: A = stack of parts' A, B = block-diagonal of scale·B_i. */
+export interface LoraLayerPlan {
+  layer: string;
+  rank: number;
+  in: number;
+  out: number;
+  parts: LoraPartPlan[];
+}
+
+export interface LoraPlan {
+  file: string;
+  formats: LoraNaming[];
+  layers: LoraLayerPlan[];
+  unmatched: UnmatchedKey[];
 }
 
 export interface ParseOptions {
@@ -224,12 +252,13 @@ export interface ParseOptions {
 }
 
 /**
- * Maps a LoRA's tensors onto the model's layers. Throws LoraFormatError for anything that would
- * apply wrongly (shapes that do not fit, rank 0, NaN/Inf, a down without an up, an unknown format,
- * a file that matches no layer); keys that simply have no place in this model come back in
- * `unmatched`.
+ * Maps a LoRA's tensors onto the model's layers without reading their values (the engine decodes
+ * them straight into its own buffers: one pass over the data). Throws LoraFormatError for anything
+ * that would apply wrongly (shapes that do not fit, rank 0, a non-finite alpha, a down without an
+ * up, an unknown format, a file that matches no layer); keys that simply have no place in this
+ * model come back in `unmatched`. NaN/Inf inside the factors are found when they are decoded.
  */
-export function parseLora(src: LoraSource, modelLayers: ModelLayers | Record<string, LayerShape>, opts: ParseOptions = {}): ParsedLora {
+export function planLora(src: LoraSource, modelLayers: ModelLayers | Record<string, LayerShape>, opts: ParseOptions = {}): LoraPlan {
   const file = opts.file ?? 'LoRA';
   const layers = toModelLayers(modelLayers);
   const tensors: ReadonlyMap<string, TensorData> =
@@ -263,7 +292,7 @@ export function parseLora(src: LoraSource, modelLayers: ModelLayers | Record<str
     );
   }
 
-  const parts: Part[] = [];
+  const parts: Array<LoraPartPlan & { layer: string }> = [];
   const formats = new Set<LoraNaming>();
   for (const [module, roles] of modules) {
     const why = blocked.get(module);
@@ -306,11 +335,12 @@ export function parseLora(src: LoraSource, modelLayers: ModelLayers | Record<str
       const where = rows === shape.out ? `layer '${target.layer}'` : `rows ${target.rowStart}..${target.rowEnd} of layer '${target.layer}'`;
       throw new LoraFormatError(`${file}: ${roles.up}: shape [${uT.shape.join(', ')}] does not fit ${where}: expected [${rows}, ${rank}]`);
     }
-    const down = tensorToF32(dT, `${file}: ${roles.down}`);
-    const up = tensorToF32(uT, `${file}: ${roles.up}`);
-    for (const [k, a] of [[roles.down, down], [roles.up, up]] as const) {
-      const bad = firstNonFinite(a);
-      if (bad >= 0) throw new LoraFormatError(`${file}: ${k}: non-finite value ${a[bad]} at element ${bad}`);
+    for (const [k, t] of [[roles.down, dT], [roles.up, uT]] as const) {
+      if (!FLOAT_DTYPES.has(t.dtype)) throw new LoraFormatError(`${file}: ${k}: dtype ${t.dtype} is not a floating type (F32, F16, BF16)`);
+      const width = t.dtype === 'F32' ? 4 : 2;
+      if (t.data.byteLength !== t.shape[0]! * t.shape[1]! * width) {
+        throw new LoraFormatError(`${file}: ${k}: ${t.data.byteLength} bytes do not hold ${t.dtype} [${t.shape.join(', ')}]`);
+      }
     }
     let alpha: number | undefined;
     if (roles.alpha) {
@@ -324,8 +354,13 @@ export function parseLora(src: LoraSource, modelLayers: ModelLayers | Record<str
       alpha = pat ? pat[1] : peft.alpha;
     }
     const scale = alpha === undefined ? 1 : peft?.useRslora && !roles.alpha ? alpha / Math.sqrt(rank) : alpha / rank;
+    if (!Number.isFinite(scale)) throw new LoraFormatError(`${file}: ${roles.down}: scale alpha/rank = ${scale} is not finite`);
     formats.add(res.naming);
-    parts.push({ module, target, down, up, rank, scale });
+    parts.push({
+      module, downKey: roles.down, upKey: roles.up, down: dT, up: uT, rank,
+      rowStart: target.rowStart, rows, swapHalves: target.swapHalves === true, scale, col: 0,
+      layer: target.layer,
+    });
   }
 
   if (parts.length === 0) {
@@ -333,33 +368,48 @@ export function parseLora(src: LoraSource, modelLayers: ModelLayers | Record<str
     throw new LoraFormatError(`${file}: the LoRA matches no layer of this model; e.g. ${sample}`);
   }
 
-  // Group the parts per BFL layer and fuse: A's stacked, B's placed block-diagonally in their rows.
-  const byLayer = new Map<string, Part[]>();
-  for (const p of parts) {
-    const list = byLayer.get(p.target.layer) ?? [];
-    list.push(p);
-    byLayer.set(p.target.layer, list);
-  }
-  const patches: LoraLayerPatch[] = [];
+  // Group the parts per BFL layer: A's stacked, B's placed block-diagonally in their rows.
+  const byLayer = new Map<string, LoraPartPlan[]>();
+  for (const { layer, ...p } of parts) byLayer.set(layer, [...(byLayer.get(layer) ?? []), p]);
+  const plans: LoraLayerPlan[] = [];
   for (const layer of [...byLayer.keys()].sort()) {
-    const list = byLayer.get(layer)!.sort((a, b) => a.target.rowStart - b.target.rowStart || (a.module < b.module ? -1 : 1));
-    const { in: inF, out } = layers.get(layer)!;
-    const R = list.reduce((s, p) => s + p.rank, 0);
-    const down = new Float32Array(R * inF);
-    const up = new Float32Array(out * R);
+    const list = byLayer.get(layer)!.sort((a, b) => a.rowStart - b.rowStart || (a.module < b.module ? -1 : 1));
     let col = 0;
     for (const p of list) {
-      down.set(p.down, col * inF);
-      const rows = p.target.rowEnd - p.target.rowStart;
-      const half = rows / 2;
-      for (let i = 0; i < rows; i++) {
-        const src = p.target.swapHalves ? (i + half) % rows : i;
-        const dst = (p.target.rowStart + i) * R + col;
-        for (let j = 0; j < p.rank; j++) up[dst + j] = p.up[src * p.rank + j]! * p.scale;
-      }
+      p.col = col;
       col += p.rank;
     }
-    patches.push({ layer, rank: R, in: inF, out, down, up, sources: list.map((p) => p.module) });
+    const { in: inF, out } = layers.get(layer)!;
+    plans.push({ layer, rank: col, in: inF, out, parts: list });
   }
-  return { formats: [...formats].sort(), patches, unmatched };
+  return { file, formats: [...formats].sort(), layers: plans, unmatched };
+}
+
+/** Decodes and fuses one layer plan in F32 (the engine does the same natively, into its own memory). */
+export function materializeLayer(plan: LoraLayerPlan, file = 'LoRA'): LoraLayerPatch {
+  const { rank: R, in: inF, out } = plan;
+  const down = new Float32Array(R * inF);
+  const up = new Float32Array(out * R);
+  for (const p of plan.parts) {
+    const a = tensorToF32(p.down, `${file}: ${p.downKey}`);
+    const b = tensorToF32(p.up, `${file}: ${p.upKey}`);
+    for (const [k, v] of [[p.downKey, a], [p.upKey, b]] as const) {
+      const bad = firstNonFinite(v);
+      if (bad >= 0) throw new LoraFormatError(`${file}: ${k}: non-finite value ${v[bad]} at element ${bad}`);
+    }
+    down.set(a, p.col * inF);
+    const half = p.rows / 2;
+    for (let i = 0; i < p.rows; i++) {
+      const src = p.swapHalves ? (i + half) % p.rows : i;
+      const dst = (p.rowStart + i) * R + p.col;
+      for (let j = 0; j < p.rank; j++) up[dst + j] = b[src * p.rank + j]! * p.scale;
+    }
+  }
+  return { layer: plan.layer, rank: R, in: inF, out, down, up, sources: plan.parts.map((p) => p.module) };
+}
+
+/** planLora + materializeLayer for every layer: the whole LoRA in F32, per BFL layer. */
+export function parseLora(src: LoraSource, modelLayers: ModelLayers | Record<string, LayerShape>, opts: ParseOptions = {}): ParsedLora {
+  const plan = planLora(src, modelLayers, opts);
+  return { formats: plan.formats, patches: plan.layers.map((l) => materializeLayer(l, plan.file)), unmatched: plan.unmatched };
 }

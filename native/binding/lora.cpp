@@ -226,13 +226,56 @@ Napi::Value RemoveLora(const Napi::CallbackInfo& info) {
   return run(info, [id](LinearMap& m) { return removeLora(m, id); });
 }
 
+// loraState(engine) -> [{layer, loras: [{id, rank, strength}]}] for layers that carry any LoRA.
+Napi::Value LoraState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ModelRef ref = modelArg(info);
+  std::shared_lock<std::shared_mutex> lock(*ref.lock);
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t i = 0;
+  for (const auto& kv : *ref.linears) {
+    if (kv.second->loras.empty()) continue;
+    Napi::Array list = Napi::Array::New(env, kv.second->loras.size());
+    uint32_t j = 0;
+    for (const auto& f : kv.second->loras) {
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("id", f.id);
+      o.Set("rank", Napi::Number::New(env, static_cast<double>(f.down.shape.empty() ? 0 : f.down.shape[0])));
+      o.Set("strength", f.scale);
+      list.Set(j++, o);
+    }
+    Napi::Object l = Napi::Object::New(env);
+    l.Set("layer", kv.first);
+    l.Set("loras", list);
+    out.Set(i++, l);
+  }
+  return out;
+}
+
+// Promise-returning functions report bad arguments as rejections too, never as a synchronous throw.
+template <Napi::Value (*F)(const Napi::CallbackInfo&)>
+Napi::Value AsPromise(const Napi::CallbackInfo& info) {
+  try {
+    return F(info);
+  } catch (const Napi::Error& e) {
+    auto d = Napi::Promise::Deferred::New(info.Env());
+    d.Reject(e.Value());
+    return d.Promise();
+  } catch (const std::exception& e) {
+    auto d = Napi::Promise::Deferred::New(info.Env());
+    d.Reject(Napi::Error::New(info.Env(), e.what()).Value());
+    return d.Promise();
+  }
+}
+
 }  // namespace
 
 void registerLora(Napi::Env env, Napi::Object exports) {
   exports.Set("loraLayers", Napi::Function::New(env, LoraLayers, "loraLayers"));
-  exports.Set("attachLora", Napi::Function::New(env, AttachLora, "attachLora"));
-  exports.Set("setLoraStrength", Napi::Function::New(env, SetLoraStrength, "setLoraStrength"));
-  exports.Set("removeLora", Napi::Function::New(env, RemoveLora, "removeLora"));
+  exports.Set("attachLora", Napi::Function::New(env, AsPromise<AttachLora>, "attachLora"));
+  exports.Set("setLoraStrength", Napi::Function::New(env, AsPromise<SetLoraStrength>, "setLoraStrength"));
+  exports.Set("removeLora", Napi::Function::New(env, AsPromise<RemoveLora>, "removeLora"));
+  exports.Set("loraState", Napi::Function::New(env, LoraState, "loraState"));
   exports.Set("loraShapeModel", Napi::Function::New(env, ShapeModelNew, "loraShapeModel"));
 }
 

@@ -252,6 +252,34 @@ Napi::Value LoraState(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// loraLayerForward(engine, layer, x: Float32Array [M*in], M) -> Float32Array [M*out]: one linear's
+// forward, LoRAs included, so tests can check a single layer against X·(s·B·A)^T from its raw input.
+Napi::Value LoraLayerForward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ModelRef ref = modelArg(info);
+  if (info.Length() < 4 || !info[1].IsString() || !info[2].IsTypedArray() || !info[3].IsNumber())
+    throw Napi::TypeError::New(env, "expected (engine, layer, x: Float32Array, M)");
+  std::string layer = info[1].As<Napi::String>().Utf8Value();
+  auto x = info[2].As<Napi::TypedArray>();
+  if (x.TypedArrayType() != napi_float32_array) throw Napi::TypeError::New(env, "x must be a Float32Array");
+  auto xf = x.As<Napi::Float32Array>();
+  int64_t M = info[3].As<Napi::Number>().Int64Value();
+  std::shared_lock<std::shared_mutex> lock(*ref.lock);
+  auto it = ref.linears->find(layer);
+  if (it == ref.linears->end()) throw Napi::Error::New(env, "layer '" + layer + "': the model has no such linear layer");
+  const Linear& l = *it->second;
+  if (M <= 0 || static_cast<int64_t>(xf.ElementLength()) != M * l.inFeatures())
+    throw Napi::RangeError::New(env, "layer '" + layer + "': x has " + std::to_string(xf.ElementLength()) +
+                                         " values, expected M x " + std::to_string(l.inFeatures()));
+  auto y = Napi::Float32Array::New(env, static_cast<size_t>(M * l.outFeatures()));
+  try {
+    l.forward(xf.Data(), M, y.Data());
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+  return y;
+}
+
 // Promise-returning functions report bad arguments as rejections too, never as a synchronous throw.
 template <Napi::Value (*F)(const Napi::CallbackInfo&)>
 Napi::Value AsPromise(const Napi::CallbackInfo& info) {
@@ -275,6 +303,7 @@ void registerLora(Napi::Env env, Napi::Object exports) {
   exports.Set("attachLora", Napi::Function::New(env, AsPromise<AttachLora>, "attachLora"));
   exports.Set("setLoraStrength", Napi::Function::New(env, AsPromise<SetLoraStrength>, "setLoraStrength"));
   exports.Set("removeLora", Napi::Function::New(env, AsPromise<RemoveLora>, "removeLora"));
+  exports.Set("loraLayerForward", Napi::Function::New(env, LoraLayerForward, "loraLayerForward"));
   exports.Set("loraState", Napi::Function::New(env, LoraState, "loraState"));
   exports.Set("loraShapeModel", Napi::Function::New(env, ShapeModelNew, "loraShapeModel"));
 }

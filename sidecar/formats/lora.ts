@@ -110,7 +110,9 @@ function makeResolver(layers: ModelLayers): Resolver {
 
   return {
     resolve(module) {
-      if (/^lora_te\d*_/.test(module)) return { reason: 'text-encoder LoRA (the engine holds only the diffusion model)' };
+      if (/^(lora_te\d*_|text_encoder(_\d+)?\.|te\d?\.)/.test(module)) {
+        return { reason: 'text-encoder LoRA (the engine holds only the diffusion model)' };
+      }
       if (module.startsWith('lora_unet_')) {
         const name = bflFlat.get(module.slice('lora_unet_'.length));
         if (name) return { target: wholeLayer(name), naming: 'kohya' };

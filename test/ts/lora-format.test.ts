@@ -145,6 +145,7 @@ test('text-encoder, unknown and unsupported keys are reported, not dropped', (t)
   const z = { dtype: 'F32' as const, shape: [2, 4], data: new Uint8Array(32) };
   file.tensors['lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight'] = z;
   file.tensors['lora_unet_double_blocks_7_img_attn_qkv.lora_down.weight'] = z;
+  file.tensors['text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight'] = z;
   file.tensors['something_else'] = z;
   file.tensors['lora_unet_final_layer_linear.dora_scale'] = z;
   file.tensors['lora_unet_img_in.hada_w1_a'] = z;
@@ -153,6 +154,7 @@ test('text-encoder, unknown and unsupported keys are reported, not dropped', (t)
   t.regex(why['lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight']!, /text-encoder/);
   t.regex(why['lora_unet_double_blocks_7_img_attn_qkv.lora_down.weight']!, /no layer of this model/);
   t.regex(why['something_else']!, /not a LoRA tensor/);
+  t.regex(why['text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight']!, /text-encoder/);
   t.regex(why['lora_unet_img_in.hada_w1_a']!, /LoHa/);
   // DoRA: the module is not applied at all (its plain LoRA part alone would be wrong).
   t.regex(why['lora_unet_final_layer_linear.dora_scale']!, /DoRA/);

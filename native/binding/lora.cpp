@@ -280,6 +280,33 @@ Napi::Value LoraLayerForward(const Napi::CallbackInfo& info) {
   return y;
 }
 
+// loraFactors(engine, layer) -> [{id, strength, down: Float32Array [r*in], up: Float32Array [out*r]}]:
+// the factors as the layer holds them (copies), to check the native decode against the reference.
+Napi::Value LoraFactorsOf(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ModelRef ref = modelArg(info);
+  if (info.Length() < 2 || !info[1].IsString()) throw Napi::TypeError::New(env, "expected (engine, layer)");
+  std::string layer = info[1].As<Napi::String>().Utf8Value();
+  std::shared_lock<std::shared_mutex> lock(*ref.lock);
+  auto it = ref.linears->find(layer);
+  if (it == ref.linears->end()) throw Napi::Error::New(env, "layer '" + layer + "': the model has no such linear layer");
+  Napi::Array out = Napi::Array::New(env, it->second->loras.size());
+  uint32_t i = 0;
+  for (const auto& f : it->second->loras) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("id", f.id);
+    o.Set("strength", f.scale);
+    auto d = Napi::Float32Array::New(env, f.down.data.size());
+    std::memcpy(d.Data(), f.down.ptr(), f.down.data.size() * sizeof(float));
+    auto u = Napi::Float32Array::New(env, f.up.data.size());
+    std::memcpy(u.Data(), f.up.ptr(), f.up.data.size() * sizeof(float));
+    o.Set("down", d);
+    o.Set("up", u);
+    out.Set(i++, o);
+  }
+  return out;
+}
+
 // Promise-returning functions report bad arguments as rejections too, never as a synchronous throw.
 template <Napi::Value (*F)(const Napi::CallbackInfo&)>
 Napi::Value AsPromise(const Napi::CallbackInfo& info) {
@@ -304,6 +331,7 @@ void registerLora(Napi::Env env, Napi::Object exports) {
   exports.Set("setLoraStrength", Napi::Function::New(env, AsPromise<SetLoraStrength>, "setLoraStrength"));
   exports.Set("removeLora", Napi::Function::New(env, AsPromise<RemoveLora>, "removeLora"));
   exports.Set("loraLayerForward", Napi::Function::New(env, LoraLayerForward, "loraLayerForward"));
+  exports.Set("loraFactors", Napi::Function::New(env, LoraFactorsOf, "loraFactors"));
   exports.Set("loraState", Napi::Function::New(env, LoraState, "loraState"));
   exports.Set("loraShapeModel", Napi::Function::New(env, ShapeModelNew, "loraShapeModel"));
 }

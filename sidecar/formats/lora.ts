@@ -401,10 +401,11 @@ export function materializeLayer(plan: LoraLayerPlan, file = 'LoRA'): LoraLayerP
     }
     down.set(a, p.col * inF);
     const half = p.rows / 2;
+    const scale = Math.fround(p.scale); // F32 scale, as the engine uses: float products round identically
     for (let i = 0; i < p.rows; i++) {
       const src = p.swapHalves ? (i + half) % p.rows : i;
       const dst = (p.rowStart + i) * R + p.col;
-      for (let j = 0; j < p.rank; j++) up[dst + j] = b[src * p.rank + j]! * p.scale;
+      for (let j = 0; j < p.rank; j++) up[dst + j] = b[src * p.rank + j]! * scale;
     }
   }
   return { layer: plan.layer, rank: R, in: inF, out, down, up, sources: plan.parts.map((p) => p.module) };

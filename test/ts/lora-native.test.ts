@@ -2,15 +2,17 @@
 // key, strength/removal touch exactly the LoRA's layers. (Values and forwards: lora-engine.test.ts.)
 import test from 'ava';
 import { createRequire } from 'node:module';
-import { planLora } from '../../sidecar/formats/lora.ts';
+import { materializeLayer, planLora } from '../../sidecar/formats/lora.ts';
 import type { LoraLayerPlan } from '../../sidecar/formats/lora.ts';
-import { asDiffusers, asKohya, randomLora, tinyFluxLayers } from './helpers/lora-fixtures.ts';
+import { asBfl, asDiffusers, asKohya, randomLora, tinyFluxLayers } from './helpers/lora-fixtures.ts';
+import type { TensorData } from '../../sidecar/engine/types.ts';
 
 interface Addon {
   loraShapeModel(shapes: Record<string, [number, number]>): unknown;
   attachLora(model: unknown, id: number, layers: LoraLayerPlan[], strength: number, file: string): Promise<number>;
   setLoraStrength(model: unknown, id: number, s: number): Promise<number>;
   removeLora(model: unknown, id: number): Promise<number>;
+  loraFactors(model: unknown, layer: string): Array<{ id: number; strength: number; down: Float32Array; up: Float32Array }>;
   loraState(model: unknown): Array<{ layer: string; loras: Array<{ id: number; rank: number; strength: number }> }>;
 }
 const addon = createRequire(import.meta.url)('../../native/build/Release/svdq.node') as Addon;
@@ -70,4 +72,41 @@ test('a plan that lies about sizes or layers is refused before anything is read'
   await t.throwsAsync(addon.attachLora(m, 1, lie((l) => { l[0]!.parts[0]!.down = { dtype: 'I32', shape: [2, 8], data: new Uint8Array(64) }; }), 1, 'f'), { message: /not a floating type/ });
   t.deepEqual(addon.loraState(m), []);
   await t.throwsAsync(addon.attachLora({}, 1, plan.layers, 1, 'f'), { message: /expected an Engine/ });
+});
+
+/** Re-encodes every factor of a file as F16 (values stay exact: fixtures are BF16-exact and in F16 range... mostly). */
+function toF16(t: TensorData): TensorData {
+  if (t.dtype !== 'F32' || t.shape.length !== 2) return t;
+  const f = new Float32Array(new Uint8Array(t.data).buffer);
+  const h = new Uint16Array(f.length);
+  const view = new DataView(new ArrayBuffer(4));
+  for (let i = 0; i < f.length; i++) {
+    // exact for normal F16 values; fixture magnitudes (>= 2^-14 for almost all) round otherwise
+    view.setFloat32(0, f[i]!);
+    const x = view.getUint32(0);
+    const sign = (x >>> 16) & 0x8000;
+    const e = ((x >>> 23) & 0xff) - 127 + 15;
+    h[i] = e <= 0 ? sign : sign | (e << 10) | ((x >>> 13) & 0x3ff);
+  }
+  return { dtype: 'F16', shape: t.shape, data: new Uint8Array(h.buffer) };
+}
+
+test('native decode+fuse equals the TS reference bit for bit (F32, BF16, F16; split, swapped, scaled)', async (t) => {
+  const lora = randomLora(layers, 31, { rank: 3, alpha: 7 });
+  const f16 = asBfl(lora, layers, 'kohya');
+  for (const k of Object.keys(f16.tensors)) f16.tensors[k] = toF16(f16.tensors[k]!);
+  const files = { diffusers: asDiffusers(lora), kohya: asKohya(lora, layers), bflF16: f16 };
+  for (const [name, content] of Object.entries(files)) {
+    const m = newModel();
+    const plan = planLora(content, layers, { file: name });
+    t.is(await addon.attachLora(m, 3, plan.layers, 0.8, name), layers.size);
+    for (const lp of plan.layers) {
+      const ref = materializeLayer(lp, name);
+      const [got] = addon.loraFactors(m, lp.layer);
+      t.is(got!.id, 3);
+      t.true(Math.abs(got!.strength - 0.8) < 1e-7);
+      t.deepEqual(got!.down, ref.down, `${name} ${lp.layer} down`);
+      t.deepEqual(got!.up, ref.up, `${name} ${lp.layer} up`);
+    }
+  }
 });

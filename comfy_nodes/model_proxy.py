@@ -1,0 +1,234 @@
+"""The MODEL our loader returns: a stock ComfyUI ModelPatcher around a stock comfy Flux model_base
+whose diffusion_model is `SidecarFlux`, a weightless nn.Module that ships each forward to the sidecar.
+
+Everything ComfyUI does around the transformer (sigma schedules, CFG batching, conditioning
+concatenation, latent formats, model_sampling patches) stays ComfyUI's own code; only the
+transformer call crosses the channel. Per-clone state (the LoRA stack) lives in
+model_options["transformer_options"], which ComfyUI deep-copies on clone and hands to forward.
+"""
+import functools
+import hashlib
+import threading
+
+import torch
+import torch.nn.functional as F
+
+from .channel import Channel, ConnectionLost, SidecarError
+
+LORA_KEY = "svdquant_loras"  # transformer_options key: list of {"path", "strength"}
+
+# What ComfyUI's model_detection would derive for a BFL FLUX checkpoint; the sidecar reports
+# the sizes that differ between models (hidden size, depths, heads, embed widths).
+_FLUX_DEFAULTS = {
+    "image_model": "flux",
+    "in_channels": 16,
+    "out_channels": 16,
+    "vec_in_dim": 768,
+    "context_in_dim": 4096,
+    "hidden_size": 3072,
+    "mlp_ratio": 4.0,
+    "num_heads": 24,
+    "depth": 19,
+    "depth_single_blocks": 38,
+    "axes_dim": [16, 56, 56],
+    "theta": 10000,
+    "patch_size": 2,
+    "qkv_bias": True,
+    "guidance_embed": True,
+    "txt_ids_dims": [],
+}
+
+
+def unet_config_from_sidecar(cfg: dict) -> dict:
+    """A complete comfy Flux unet_config from the model config the sidecar reports."""
+    alias = {"inChannels": "in_channels", "outChannels": "out_channels", "vecInDim": "vec_in_dim",
+             "contextInDim": "context_in_dim", "hiddenSize": "hidden_size", "mlpRatio": "mlp_ratio",
+             "numHeads": "num_heads", "depthSingleBlocks": "depth_single_blocks", "axesDim": "axes_dim",
+             "patchSize": "patch_size", "qkvBias": "qkv_bias", "guidanceEmbed": "guidance_embed",
+             "doubleBlocks": "depth", "singleBlocks": "depth_single_blocks"}
+    out = dict(_FLUX_DEFAULTS)
+    for k, v in (cfg or {}).items():
+        k = alias.get(k, k)
+        if k in out:
+            out[k] = v
+    out["axes_dim"] = list(out["axes_dim"])
+    head = out["hidden_size"] // out["num_heads"]
+    if sum(out["axes_dim"]) != head:
+        # A small model with a different head size: keep FLUX's (1 : 3.5 : 3.5) split of rope axes.
+        a = head // 8
+        b = (head - a) // 2
+        out["axes_dim"] = [head - 2 * b, b, b]
+    return out
+
+
+class SidecarModel:
+    """The sidecar-side model one loader node produced: how to (re)load it and how to call it."""
+
+    def __init__(self, channel: Channel, load_args: dict, progress_factory=None):
+        self.channel = channel
+        self.load_args = dict(load_args)
+        self.progress_factory = progress_factory
+        self.model_id = None
+        self.info: dict = {}
+        self._generation = None
+        self._applied_loras = None
+        self._sent_hashes: set[str] = set()
+        self._lock = threading.RLock()
+
+    # -- state on the sidecar ---------------------------------------------------------------------
+    def ensure_loaded(self):
+        with self._lock:
+            if self.model_id is not None and self._generation == self.channel.generation:
+                return
+            progress = self.progress_factory() if self.progress_factory else None
+            # A fresh connection may be a restarted sidecar: load again (the sidecar dedupes).
+            if self.channel._ws is None:
+                self.channel._connect()
+            result, _ = self.channel.request("load", self.load_args, progress=progress)
+            self.model_id = result.get("model") or result.get("modelId") or result.get("id")
+            if self.model_id is None:
+                raise SidecarError(f"svdquant: sidecar 'load' reply has no model id: {result}")
+            self.info = result
+            self._generation = self.channel.generation
+            self._applied_loras = None
+            self._sent_hashes = set()
+
+    @property
+    def config(self) -> dict:
+        return self.info.get("config") or {}
+
+    @property
+    def weight_bytes(self) -> int:
+        for k in ("weightBytes", "weight_bytes", "bytes", "memoryBytes"):
+            if k in self.info:
+                return int(self.info[k])
+        return 0
+
+    @property
+    def device(self) -> str:
+        return str(self.info.get("device") or self.load_args.get("device") or "cpu")
+
+    def forward(self, tensors: dict, loras: list, extra_args: dict | None = None) -> torch.Tensor:
+        """One transformer evaluation; retried once on a fresh connection if the socket dropped."""
+        for attempt in (0, 1):
+            try:
+                self.ensure_loaded()
+                args = {"model": self.model_id, "loras": loras}
+                if extra_args:
+                    args.update(extra_args)
+                result, out = self.channel.request("forward", args, tensors=tensors)
+                if "out" not in out:
+                    raise SidecarError(f"svdquant: sidecar 'forward' reply has no 'out' tensor (got {sorted(out)})")
+                return out["out"]
+            except ConnectionLost:
+                if attempt == 1:
+                    raise
+
+
+class SidecarFlux(torch.nn.Module):
+    """Stands where comfy.ldm.flux.model.Flux stands, with the same forward signature."""
+
+    def __init__(self, image_model=None, dtype=None, device=None, operations=None, sidecar_model=None, **params):
+        super().__init__()
+        self.sidecar_model: SidecarModel = sidecar_model
+        self.dtype = dtype if dtype is not None else torch.float32
+        self.params = dict(params)
+        self.patch_size = int(params.get("patch_size", 2))
+        self.in_channels = int(params.get("in_channels", 16))
+        self.out_channels = int(params.get("out_channels", 16))
+        self.guidance_embed = bool(params.get("guidance_embed", True))
+
+    def forward(self, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,
+                transformer_options={}, **kwargs):
+        if control is not None:
+            raise RuntimeError("SVDQuant model: ControlNet inputs are not supported by the sidecar engine")
+        bs, _c, h, w = x.shape
+        p = self.patch_size
+        # ComfyUI's Flux pads to the patch size (circularly) and crops the output; do the same here
+        # so the sidecar only ever sees whole patches.
+        ph, pw = (p - h % p) % p, (p - w % p) % p
+        xin = F.pad(x, (0, pw, 0, ph), mode="circular") if (ph or pw) else x
+        wire = torch.float32
+        tensors = {
+            "x": xin.to(wire),
+            "timestep": timestep.reshape(-1).to(torch.float32).expand(bs) if timestep.numel() == 1 else timestep.reshape(-1).to(torch.float32),
+            "context": context.to(wire),
+        }
+        if y is not None:
+            tensors["y"] = y.to(wire)
+        else:
+            tensors["y"] = torch.zeros((bs, int(self.params.get("vec_in_dim") or 768)), dtype=wire)
+        if guidance is not None and self.guidance_embed:
+            g = guidance.reshape(-1).to(torch.float32)
+            tensors["guidance"] = g.expand(bs) if g.numel() == 1 else g
+        mask = kwargs.get("attention_mask")
+        if mask is not None:
+            tensors["attention_mask"] = mask.to(torch.float32) if mask.dtype != torch.bool else mask
+        extra = {}
+        if ref_latents is not None:
+            for i, r in enumerate(ref_latents):
+                tensors[f"ref_latents.{i}"] = r.to(wire)
+            extra["ref_latents"] = len(ref_latents)
+            if kwargs.get("ref_latents_method") is not None:
+                extra["ref_latents_method"] = str(kwargs["ref_latents_method"])
+        loras = [dict(l) for l in (transformer_options.get(LORA_KEY) or [])]
+        out = self.sidecar_model.forward(tensors, loras, extra)
+        if tuple(out.shape) != tuple(xin.shape[:1]) + (self.out_channels,) + tuple(xin.shape[2:]):
+            raise RuntimeError(f"SVDQuant model: sidecar returned {tuple(out.shape)} for input {tuple(xin.shape)}")
+        out = out[:, :, :h, :w]
+        return out.to(device=x.device, dtype=x.dtype)
+
+
+def build_model_patcher(sidecar_model: SidecarModel):
+    """A stock ModelPatcher around a stock comfy Flux model_base driving `sidecar_model`."""
+    import comfy.model_base
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    sidecar_model.ensure_loaded()
+    unet_config = unet_config_from_sidecar(sidecar_model.config)
+    dev = unet_config["guidance_embed"]
+    cls = comfy.supported_models.Flux if dev else comfy.supported_models.FluxSchnell
+    model_config = cls(unet_config)
+    model_config.set_inference_dtype(torch.float32, None)
+    model_type = comfy.model_base.ModelType.FLUX if dev else comfy.model_base.ModelType.FLOW
+    load_device = comfy.model_management.get_torch_device()
+    offload_device = comfy.model_management.unet_offload_device()
+    model = comfy.model_base.Flux(model_config, model_type=model_type, device=offload_device,
+                                  unet_model=functools.partial(SidecarFlux, sidecar_model=sidecar_model))
+    # Memory: ComfyUI budgets VRAM from the patcher size. When the sidecar holds the weights on
+    # the GPU we report their size so ComfyUI keeps that much free for it; a CPU sidecar uses no VRAM.
+    on_gpu = sidecar_model.device.startswith("cuda")
+    size = max(1, sidecar_model.weight_bytes) if on_gpu else 1
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device, size=size)
+    patcher.model_options.setdefault("transformer_options", {})[LORA_KEY] = []
+    return patcher
+
+
+def sidecar_model_of(patcher):
+    dm = getattr(getattr(patcher, "model", None), "diffusion_model", None)
+    if not isinstance(dm, SidecarFlux):
+        raise TypeError("this MODEL does not come from an SVDQuant loader (connect an 'SVDQuant Model Loader' output)")
+    return dm.sidecar_model
+
+
+def with_lora(patcher, path: str, strength: float):
+    """A clone of `patcher` whose LoRA list ends with (path, strength); the original is unchanged."""
+    sidecar_model_of(patcher)
+    n = patcher.clone()
+    to = n.model_options.setdefault("transformer_options", {})
+    to[LORA_KEY] = list(to.get(LORA_KEY) or []) + [{"path": path, "strength": float(strength)}]
+    return n
+
+
+def loras_of(patcher) -> list:
+    return list(patcher.model_options.get("transformer_options", {}).get(LORA_KEY) or [])
+
+
+def content_hash(t: torch.Tensor) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(t.dtype).encode())
+    h.update(str(tuple(t.shape)).encode())
+    h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

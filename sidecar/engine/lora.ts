@@ -2,7 +2,8 @@
 // later rescale or remove it, all without reloading or re-quantizing the base model.
 // The native side orders LoRA changes after forwards in flight (exclusive lock on a worker thread),
 // so callers may change LoRAs while a sampling run is going: the change lands between forwards.
-import { basename } from 'node:path';
+import { statSync } from 'node:fs';
+import { basename, resolve } from 'node:path';
 import { planLora } from '../formats/lora.ts';
 import type { LoraLayerPlan, LoraNaming, LoraSource, UnmatchedKey } from '../formats/lora.ts';
 import type { LayerShape } from '../formats/flux-keys.ts';
@@ -35,6 +36,9 @@ export interface AddLoraResult {
 export interface LoraInfo {
   id: number;
   path: string;
+  /** Absolute path, and size:mtime when attached: how sync() recognises the same file. */
+  key: string;
+  stamp: string;
   name: string;
   strength: number;
   patched: number;
@@ -47,6 +51,15 @@ export class UnknownLoraError extends Error {
   constructor(id: number) {
     super(`no LoRA with id ${id} is attached`);
     this.name = 'UnknownLoraError';
+  }
+}
+
+function fileStamp(path: string): string {
+  try {
+    const st = statSync(path);
+    return `${st.size}:${st.mtimeMs}`;
+  } catch {
+    return 'missing'; // add() then fails with the reader's clear error
   }
 }
 
@@ -74,6 +87,8 @@ export class LoraStack {
   /** Reads and attaches a LoRA file. A bad file throws (LoraFormatError naming the key) and changes nothing. */
   async add(path: string, strength = 1): Promise<AddLoraResult> {
     checkStrength(strength);
+    const key = resolve(path);
+    const stamp = fileStamp(key);
     const src = await this.readFile(path);
     const parsed = planLora(src, this.layers(), { file: path });
     const id = this.nextId++;
@@ -81,6 +96,8 @@ export class LoraStack {
     this.active.set(id, {
       id,
       path,
+      key,
+      stamp,
       name: basename(path),
       strength,
       patched,
@@ -107,6 +124,33 @@ export class LoraStack {
     this.get(id);
     await this.native.removeLora(id);
     this.active.delete(id);
+  }
+
+  /**
+   * Makes the attached set equal `wanted` (what a ComfyUI graph asks for with every forward): adds
+   * missing files, rescales, removes the rest. The same file twice counts once with the strengths
+   * summed (the branches would add up to exactly that). A file changed on disk (size or mtime) is
+   * read again. Returns the add results of the files newly attached.
+   */
+  async sync(wanted: ReadonlyArray<{ path: string; strength: number }>): Promise<AddLoraResult[]> {
+    const want = new Map<string, { strength: number; stamp: string }>();
+    for (const w of wanted) {
+      checkStrength(w.strength);
+      const key = resolve(w.path);
+      const prev = want.get(key);
+      want.set(key, { strength: (prev?.strength ?? 0) + w.strength, stamp: prev?.stamp ?? fileStamp(key) });
+    }
+    for (const info of this.list()) {
+      const w = want.get(info.key);
+      if (!w || w.stamp !== info.stamp) await this.remove(info.id);
+    }
+    const added: AddLoraResult[] = [];
+    for (const [key, w] of want) {
+      const have = [...this.active.values()].find((i) => i.key === key);
+      if (!have) added.push(await this.add(key, w.strength));
+      else if (have.strength !== w.strength) await this.setStrength(have.id, w.strength);
+    }
+    return added;
   }
 
   list(): LoraInfo[] {

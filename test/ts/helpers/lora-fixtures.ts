@@ -1,6 +1,6 @@
 // Random FLUX LoRAs written in each naming family from ONE set of factors, plus the dense update
 // ΔW every family must produce, computed here independently of sidecar/formats (own name table).
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import type { TensorData } from '../../../sidecar/engine/types.ts';
 import { SeededRandom } from '../../../sidecar/sampling/rng.ts';
 
@@ -276,4 +276,23 @@ export function writeSafetensorsFile(path: string, content: LoraFileContent): vo
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(hb.length));
   writeFileSync(path, Buffer.concat([len, hb, ...chunks.map((c) => Buffer.from(c.buffer, c.byteOffset, c.byteLength))]));
+}
+
+/** A minimal safetensors reader for fixture files (the product reads through the native binding). */
+export function readSafetensorsFile(path: string): LoraFileContent {
+  const buf = readFileSync(path);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, unknown>;
+  const base = 8 + n;
+  const tensors: Record<string, TensorData> = {};
+  let metadata: Record<string, string> = {};
+  for (const [k, v] of Object.entries(header)) {
+    if (k === '__metadata__') {
+      metadata = v as Record<string, string>;
+      continue;
+    }
+    const info = v as { dtype: TensorData['dtype']; shape: number[]; data_offsets: [number, number] };
+    tensors[k] = { dtype: info.dtype, shape: info.shape, data: new Uint8Array(buf.buffer, buf.byteOffset + base + info.data_offsets[0], info.data_offsets[1] - info.data_offsets[0]) };
+  }
+  return { metadata, tensors };
 }

@@ -1,0 +1,33 @@
+"""Shared set-up for the ComfyUI-node tests: real ComfyUI when COMFYUI_DIR is set, else comfy_stub.
+
+Imported by test_comfy_*.py (not a conftest.py, so other helpers' pytest files are unaffected).
+"""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR") or None
+
+
+def setup_comfy():
+    """Put ComfyUI (or the stand-in) and the repo on sys.path; returns "comfyui" or "stub"."""
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    if COMFYUI_DIR:
+        standins = os.path.join(COMFYUI_DIR, "_standins")
+        if os.path.isdir(standins) and standins not in sys.path:
+            # Optional stand-ins for packages a CPU-only mirror lacks (see docs/COMFYUI.md).
+            sys.path.insert(0, standins)
+            import sitecustomize_standins  # noqa: F401
+        if COMFYUI_DIR not in sys.path:
+            sys.path.insert(0, COMFYUI_DIR)
+        from comfy.cli_args import args
+        import torch
+        if not torch.cuda.is_available():
+            args.cpu = True
+        return "comfyui"
+    stub = os.path.join(HERE, "comfy_stub")
+    if stub not in sys.path:
+        sys.path.insert(0, stub)
+    return "stub"

@@ -1,0 +1,163 @@
+"""The MODEL wrapper inside ComfyUI's own model stack, with the transformer replaced by a known
+function (no sidecar): checks that ComfyUI drives SidecarFlux with the right tensors and that the
+wrapper hands results back unchanged. Runs against real ComfyUI when COMFYUI_DIR is set, else
+against the stand-in. The same checks with the real sidecar are in test_comfy_sidecar.py."""
+import pytest
+import torch
+
+from conftest_comfy import setup_comfy
+
+MODE = setup_comfy()
+
+import comfy_sampling_ref as ref  # noqa: E402
+from comfy_nodes import model_proxy, tensors as tcodec  # noqa: E402
+
+TINY = {"hidden_size": 64, "num_heads": 2, "depth": 1, "depth_single_blocks": 1, "context_in_dim": 32,
+        "vec_in_dim": 24, "in_channels": 16, "out_channels": 16, "guidance_embed": True}
+
+
+class KnownFunctionModel:
+    """Stands in for SidecarModel: forward is a fixed function of every input, and calls are recorded."""
+
+    def __init__(self, config=TINY, device="cpu"):
+        self.info = {"config": dict(config), "device": device, "weightBytes": 12345}
+        self.calls = []
+
+    config = property(lambda self: self.info["config"])
+    weight_bytes = property(lambda self: self.info["weightBytes"])
+    device = property(lambda self: self.info["device"])
+
+    def ensure_loaded(self):
+        pass
+
+    @staticmethod
+    def velocity(x, t, ctx, y, g=None):
+        v = 0.5 * x - 0.25 * t.view(-1, 1, 1, 1) + ctx.float().mean(dim=(1, 2)).view(-1, 1, 1, 1) + y.float().mean(1).view(-1, 1, 1, 1)
+        if g is not None:
+            v = v + 0.01 * g.view(-1, 1, 1, 1)
+        return v
+
+    def forward(self, tensors, loras, extra):
+        # Go through the wire codec so dtype/shape handling is exercised as in real use.
+        t = {k: tcodec.decode(tcodec.encode(v)) for k, v in tensors.items()}
+        self.calls.append({"shapes": {k: tuple(v.shape) for k, v in t.items()}, "loras": loras, "extra": extra, "t": t})
+        return self.velocity(t["x"], t["timestep"], t["context"], t["y"], t.get("guidance"))
+
+
+def test_tensor_codec_round_trip_all_dtypes():
+    for dt in (torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8, torch.bool):
+        x = (torch.randn(3, 5, 7) * 10).to(dt)
+        m = tcodec.encode(x)
+        assert m["shape"] == [3, 5, 7] and isinstance(m["data"], bytes)
+        y = tcodec.decode(m)
+        assert y.dtype == dt and torch.equal(x, y)
+    # non-contiguous input
+    x = torch.randn(4, 6).t()
+    assert torch.equal(tcodec.decode(tcodec.encode(x)), x)
+
+
+def test_tensor_codec_rejects_malformed_maps():
+    m = tcodec.encode(torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"F32\[2, 3\] needs 24 bytes, got 20"):
+        tcodec.decode({**m, "data": m["data"][:20]})
+    with pytest.raises(ValueError, match="malformed tensor map"):
+        tcodec.decode({**m, "dtype": "F64"})
+    with pytest.raises(TypeError, match="cannot be sent"):
+        tcodec.encode(torch.ones(2, dtype=torch.float64))
+
+
+def test_unet_config_is_complete_flux_config():
+    cfg = model_proxy.unet_config_from_sidecar({"hidden_size": 64, "num_heads": 2, "depth": 1, "depth_single_blocks": 2})
+    assert cfg["image_model"] == "flux" and cfg["patch_size"] == 2
+    assert sum(cfg["axes_dim"]) == 32  # head dim of a 64-wide, 2-head model
+    full = model_proxy.unet_config_from_sidecar({})
+    assert full["axes_dim"] == [16, 56, 56] and full["hidden_size"] == 3072 and full["depth"] == 19
+
+
+def _patcher(m=None, config=TINY):
+    m = m or KnownFunctionModel(config)
+    return model_proxy.build_model_patcher(m), m
+
+
+def test_euler_through_wrapper_equals_direct_calls():
+    p, m = _patcher()
+    torch.manual_seed(0)
+    b, h, w = 2, 6, 8
+    noise = torch.randn(b, 16, h, w)
+    ctx, y = torch.randn(b, 7, 32), torch.randn(b, 24)
+    g = torch.full((b,), 3.5)
+    lat = p.model.process_latent_in(torch.zeros(b, 16, h, w))
+    sig = ref.simple_flux_sigmas(4)
+    got = ref.euler_through_model(p, noise, lat, sig, ctx, y, g)
+    want = ref.euler_direct(lambda x, t: m.velocity(x, t, ctx, y, g), noise, lat, sig)
+    assert torch.equal(got, want)
+    assert len(m.calls) == 4
+    c = m.calls[0]
+    assert c["shapes"] == {"x": (b, 16, h, w), "timestep": (b,), "context": (b, 7, 32), "y": (b, 24), "guidance": (b,)}
+    assert torch.allclose(c["t"]["timestep"], sig[0].expand(b))  # FLUX timestep = sigma in 0..1
+
+
+def test_odd_latent_sizes_are_padded_and_cropped():
+    p, m = _patcher()
+    x = torch.randn(1, 16, 5, 7)
+    out = p.model.diffusion_model(x, torch.tensor([0.5]), torch.randn(1, 3, 32), y=torch.randn(1, 24))
+    assert out.shape == x.shape
+    assert m.calls[-1]["shapes"]["x"] == (1, 16, 6, 8)
+
+
+def test_schnell_config_sends_no_guidance():
+    p, m = _patcher(config={**TINY, "guidance_embed": False})
+    p.model.diffusion_model(torch.randn(1, 16, 4, 4), torch.tensor([0.5]), torch.randn(1, 3, 32), y=torch.randn(1, 24), guidance=torch.tensor([3.5]))
+    assert "guidance" not in m.calls[-1]["shapes"]
+
+
+def test_lora_chaining_clones_and_keeps_parents():
+    p, m = _patcher()
+    a = model_proxy.with_lora(p, "/loras/a.safetensors", 0.8)
+    b = model_proxy.with_lora(a, "/loras/b.safetensors", -0.5)
+    c = model_proxy.with_lora(p, "/loras/c.safetensors", 1.0)  # a branch from the base
+    assert model_proxy.loras_of(p) == []
+    assert model_proxy.loras_of(a) == [{"path": "/loras/a.safetensors", "strength": 0.8}]
+    assert model_proxy.loras_of(b) == [{"path": "/loras/a.safetensors", "strength": 0.8}, {"path": "/loras/b.safetensors", "strength": -0.5}]
+    assert model_proxy.loras_of(c) == [{"path": "/loras/c.safetensors", "strength": 1.0}]
+    assert b.model is p.model  # clones share the (weightless) model; the list rides in model_options
+    x, t, ctx, y = torch.randn(1, 16, 4, 4), torch.tensor([0.3]), torch.randn(1, 3, 32), torch.randn(1, 24)
+    for patcher, want in ((b, model_proxy.loras_of(b)), (p, [])):
+        patcher.model.apply_model(x, t, c_crossattn=ctx, y=y, transformer_options=patcher.model_options["transformer_options"])
+        assert m.calls[-1]["loras"] == want
+
+
+def test_lora_node_rejects_foreign_models():
+    class NotOurs:
+        model = torch.nn.Module()
+    with pytest.raises(TypeError, match="SVDQuant loader"):
+        model_proxy.with_lora(NotOurs(), "/x.safetensors", 1.0)
+
+
+def test_memory_reported_for_gpu_sidecar_only():
+    p, _ = _patcher(KnownFunctionModel(device="cuda:0"))
+    assert p.model_size() == 12345
+    p, _ = _patcher(KnownFunctionModel(device="cpu"))
+    assert p.model_size() <= 1
+
+
+@pytest.mark.skipif(MODE != "comfyui", reason="needs a ComfyUI checkout (set COMFYUI_DIR)")
+def test_comfyui_ksampler_through_wrapper_equals_reference_loop():
+    p, m = _patcher()
+    torch.manual_seed(1)
+    ctx, y = torch.randn(1, 9, 32), torch.randn(1, 24)
+    got = ref.comfy_ksampler(p, seed=7, steps=4, context=ctx, y=y, guidance=3.5, latent_hw=(6, 6))
+    g = torch.tensor([3.5])
+    want = ref.comfy_reference(p, lambda x, t: m.velocity(x, t, ctx, y, g), seed=7, steps=4, batch=1, latent_hw=(6, 6))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert len(m.calls) == 4 and m.calls[0]["shapes"]["x"] == (1, 16, 6, 6)
+
+
+@pytest.mark.skipif(MODE != "comfyui", reason="needs a ComfyUI checkout (set COMFYUI_DIR)")
+def test_comfyui_cfg_batches_cond_and_uncond_and_long_text():
+    p, m = _patcher()
+    ctx = torch.randn(1, 600, 32)  # more than 512 tokens
+    out = ref.comfy_ksampler(p, seed=3, steps=2, context=ctx, y=torch.randn(1, 24), guidance=3.5, latent_hw=(4, 4), cfg=2.0,
+                             negative_context=torch.randn(1, 600, 32))
+    assert out.shape == (1, 16, 4, 4) and torch.isfinite(out).all()
+    assert m.calls[0]["shapes"]["x"][0] == 2 and m.calls[0]["shapes"]["context"] == (2, 600, 32)

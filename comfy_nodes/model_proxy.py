@@ -13,9 +13,12 @@ import threading
 import torch
 import torch.nn.functional as F
 
+from . import tensors as tcodec
 from .channel import Channel, ConnectionLost, SidecarError
 
 LORA_KEY = "svdquant_loras"  # transformer_options key: list of {"path", "strength"}
+CACHED_INPUTS = ("context", "y")  # repeat across sampling steps: sent once, then by hash
+CACHE_MIN_BYTES = 64 * 1024       # below this a ref saves nothing
 
 # What ComfyUI's model_detection would derive for a BFL FLUX checkpoint; the sidecar reports
 # the sizes that differ between models (hidden size, depths, heads, embed widths).
@@ -45,7 +48,9 @@ def unet_config_from_sidecar(cfg: dict) -> dict:
              "contextInDim": "context_in_dim", "hiddenSize": "hidden_size", "mlpRatio": "mlp_ratio",
              "numHeads": "num_heads", "depthSingleBlocks": "depth_single_blocks", "axesDim": "axes_dim",
              "patchSize": "patch_size", "qkvBias": "qkv_bias", "guidanceEmbed": "guidance_embed",
-             "doubleBlocks": "depth", "singleBlocks": "depth_single_blocks"}
+             "doubleBlocks": "depth", "singleBlocks": "depth_single_blocks", "double_blocks": "depth",
+             "single_blocks": "depth_single_blocks", "depthSingle": "depth_single_blocks",
+             "hidden": "hidden_size", "heads": "num_heads", "contextDim": "context_in_dim", "vecDim": "vec_in_dim"}
     out = dict(_FLUX_DEFAULTS)
     for k, v in (cfg or {}).items():
         k = alias.get(k, k)
@@ -85,7 +90,7 @@ class SidecarModel:
             if self.channel._ws is None:
                 self.channel._connect()
             result, _ = self.channel.request("load", self.load_args, progress=progress)
-            self.model_id = result.get("model") or result.get("modelId") or result.get("id")
+            self.model_id = result.get("model")
             if self.model_id is None:
                 raise SidecarError(f"svdquant: sidecar 'load' reply has no model id: {result}")
             self.info = result
@@ -99,7 +104,7 @@ class SidecarModel:
 
     @property
     def weight_bytes(self) -> int:
-        for k in ("weightBytes", "weight_bytes", "bytes", "memoryBytes"):
+        for k in ("weight_bytes", "weightBytes"):
             if k in self.info:
                 return int(self.info[k])
         return 0
@@ -116,13 +121,38 @@ class SidecarModel:
                 args = {"model": self.model_id, "loras": loras}
                 if extra_args:
                     args.update(extra_args)
-                result, out = self.channel.request("forward", args, tensors=tensors)
+                try:
+                    result, out = self.channel.request("forward", args, tensors=self._by_ref(tensors))
+                except SidecarError as e:
+                    if e.code != "unknown_ref":
+                        raise
+                    # The sidecar evicted a cached tensor: send everything inline this once.
+                    self._sent_hashes.clear()
+                    result, out = self.channel.request("forward", args, tensors=tensors)
                 if "out" not in out:
                     raise SidecarError(f"svdquant: sidecar 'forward' reply has no 'out' tensor (got {sorted(out)})")
                 return out["out"]
             except ConnectionLost:
                 if attempt == 1:
                     raise
+
+    def _by_ref(self, tensors: dict) -> dict:
+        """Replace the conditioning tensors (same for every step) by content-hash refs, uploading
+        each once with put_tensor (docs/PROTOCOL.md section 3)."""
+        out = dict(tensors)
+        for name in CACHED_INPUTS:
+            t = tensors.get(name)
+            if t is None or t.numel() * t.element_size() < CACHE_MIN_BYTES:
+                continue
+            wire = tcodec.encode(t)
+            h = wire_hash(wire)
+            if h not in self._sent_hashes:
+                res, _ = self.channel.request("put_tensor", tensors={"tensor": wire})
+                if res.get("hash") != h:
+                    raise SidecarError(f"svdquant: sidecar hashed {name} as {res.get('hash')}, expected {h}")
+                self._sent_hashes.add(h)
+            out[name] = {"ref": h}
+        return out
 
 
 class SidecarFlux(torch.nn.Module):
@@ -226,9 +256,9 @@ def loras_of(patcher) -> list:
     return list(patcher.model_options.get("transformer_options", {}).get(LORA_KEY) or [])
 
 
-def content_hash(t: torch.Tensor) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    h.update(str(t.dtype).encode())
-    h.update(str(tuple(t.shape)).encode())
-    h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+def wire_hash(wire: dict) -> str:
+    """The sidecar's content hash of a tensor map: sha256("<dtype>:<d0>,<d1>,...:" + data)."""
+    h = hashlib.sha256()
+    h.update(f"{wire['dtype']}:{','.join(str(d) for d in wire['shape'])}:".encode())
+    h.update(wire["data"])
     return h.hexdigest()

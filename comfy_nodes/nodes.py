@@ -12,6 +12,7 @@ from . import model_proxy
 from .channel import SidecarError, default_channel
 
 SVDQ_FOLDER = "svdquant"
+CALIB_SUBDIR = "calibration"  # svdquant/calibration/*.safetensors: prompts saved for the quantizer
 _EXTS = {".safetensors", ".sft"}
 
 
@@ -35,7 +36,8 @@ def _checkpoint_choices():
             names = folder_paths.get_filename_list(folder)
         except KeyError:
             names = []
-        out += [f"{folder}/{n}" for n in names if os.path.splitext(n)[1].lower() in _EXTS]
+        out += [f"{folder}/{n}" for n in names
+                if os.path.splitext(n)[1].lower() in _EXTS and not n.startswith(CALIB_SUBDIR + "/")]
     return out
 
 
@@ -81,6 +83,8 @@ class SVDQuantModelLoader:
 
     def load(self, ckpt_name, precision, device):
         args = {"path": _resolve_checkpoint(ckpt_name)}
+        if precision == "auto" and ckpt_name.startswith("diffusion_models/"):
+            precision = "int4"  # a 16-bit checkpoint: the sidecar quantizes it on demand
         if precision != "auto":
             args["precision"] = precision
         if _device_arg(device):
@@ -136,6 +140,22 @@ def _calibration_from_conditioning(conditioning, limit: int) -> dict:
     return out
 
 
+def _write_calibration(conditioning, limit: int, out_dir: str, output_name: str) -> str:
+    """Save the wired-in prompts where the sidecar may read them (inside the svdquant folder):
+    safetensors with context [N,T,D], y [N,Dv] (when pooled outputs exist) and guidance [N], F32."""
+    from safetensors.torch import save_file
+
+    tensors = _calibration_from_conditioning(conditioning, limit)
+    if not tensors:
+        raise ValueError("SVDQuant quantize: the CONDITIONING input holds no prompts")
+    d = os.path.join(out_dir, CALIB_SUBDIR)
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, os.path.splitext(output_name)[0] + ".calib.safetensors")
+    save_file({k.replace("calib_", ""): v.contiguous() for k, v in tensors.items()}, path,
+              metadata={"format": "svdquant-calibration", "source": "comfyui-conditioning"})
+    return path
+
+
 class SVDQuantQuantize:
     @classmethod
     def INPUT_TYPES(cls):
@@ -173,13 +193,12 @@ class SVDQuantQuantize:
         out_path = os.path.join(out_dir, output_name)
         args = {"input": src, "output": out_path, "precision": precision, "rank": int(rank),
                 "samples": int(calib_samples), "seed": int(seed), "force": bool(overwrite)}
-        tensors = {}
         if calibration == "conditioning":
             if not conditioning:
                 raise ValueError("SVDQuant quantize: calibration = conditioning needs a CONDITIONING input")
-            tensors = _calibration_from_conditioning(conditioning, int(calib_samples))
+            args["calib"] = _write_calibration(conditioning, int(calib_samples), out_dir, output_name)
         ch = default_channel()
-        ch.request("quantize", args, tensors=tensors or None, progress=_progress_factory())
+        ch.request("quantize", args, progress=_progress_factory())
         load = {"path": out_path}
         if _device_arg(device):
             load["device"] = _device_arg(device)

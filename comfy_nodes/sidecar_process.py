@@ -54,13 +54,16 @@ class Sidecar:
     """One sidecar endpoint: `url` (http://host:port) and `token`; `ensure()` makes it reachable."""
 
     def __init__(self, url: str | None = None, token: str | None = None, node: str | None = None,
-                 extra_args: list[str] | None = None):
+                 extra_args: list[str] | None = None, model_dirs=None):
         self._lock = threading.RLock()
         self.external = url is not None
         self.url = url.rstrip("/") if url else None
         self.token = token
         self.node = node or os.environ.get("SVDQ_NODE", "node")
         self.extra_args = list(extra_args or [])
+        # The server only opens files inside its --models folders: a list, or a callable giving
+        # the folders at start time (ComfyUI's model folders can change while it runs).
+        self.model_dirs = model_dirs
         self.proc: subprocess.Popen | None = None
         self._tmpdir: str | None = None
         self.log_path: str | None = None
@@ -96,8 +99,12 @@ class Sidecar:
         port = _free_port()
         self.log_path = os.path.join(self._tmpdir, f"sidecar-{self.starts}.log")
         log = open(self.log_path, "wb")
-        cmd = [self.node, script, "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--token-file", token_file, *self.extra_args]
+        dirs = self.model_dirs() if callable(self.model_dirs) else (self.model_dirs or [])
+        cmd = [self.node, script, "serve", "--host", "127.0.0.1", "--port", str(port), "--token-file", token_file]
+        for d in dict.fromkeys(os.path.abspath(d) for d in dirs):  # ordered, no duplicates
+            os.makedirs(d, exist_ok=True)
+            cmd += ["--models", d]
+        cmd += self.extra_args
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         log.close()
@@ -155,12 +162,26 @@ _default: Sidecar | None = None
 _default_lock = threading.Lock()
 
 
+def comfy_model_dirs() -> list[str]:
+    """ComfyUI's folders the nodes take files from: svdquant (first: relative paths resolve there),
+    diffusion_models, loras."""
+    import folder_paths
+    out = []
+    for name in ("svdquant", "diffusion_models", "loras"):
+        try:
+            out += folder_paths.get_folder_paths(name)
+        except KeyError:
+            pass
+    return out
+
+
 def default_sidecar() -> Sidecar:
     """The process-wide sidecar: from SVDQ_SIDECAR_URL/SVDQ_SIDECAR_TOKEN, else a managed child."""
     global _default
     with _default_lock:
         if _default is None:
             url = os.environ.get("SVDQ_SIDECAR_URL") or None
-            _default = Sidecar(url=url, token=os.environ.get("SVDQ_SIDECAR_TOKEN") or None)
+            _default = Sidecar(url=url, token=os.environ.get("SVDQ_SIDECAR_TOKEN") or None,
+                               model_dirs=comfy_model_dirs)
             atexit.register(_default.stop)
         return _default

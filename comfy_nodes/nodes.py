@@ -71,7 +71,7 @@ class SVDQuantModelLoader:
         return {
             "required": {
                 "ckpt_name": (_checkpoint_choices(), {"tooltip": "An SVDQuant checkpoint (svdquant folder) or a 16-bit FLUX checkpoint (diffusion_models), which the sidecar quantizes on demand."}),
-                "precision": (["auto", "int4", "nvfp4"], {"default": "auto", "tooltip": "4-bit format. auto: the checkpoint's own, or int4 when quantizing a 16-bit checkpoint."}),
+                "precision": (["auto", "int4", "nvfp4", "16-bit"], {"default": "auto", "tooltip": "4-bit format. auto: the checkpoint's own, or int4 when quantizing a 16-bit checkpoint. 16-bit: run a 16-bit checkpoint unquantized (for A/B comparisons)."}),
                 "device": (["auto", "cuda", "cpu"], {"default": "auto", "tooltip": "Where the sidecar runs the engine."}),
             },
         }
@@ -85,7 +85,9 @@ class SVDQuantModelLoader:
         args = {"path": _resolve_checkpoint(ckpt_name)}
         if precision == "auto" and ckpt_name.startswith("diffusion_models/"):
             precision = "int4"  # a 16-bit checkpoint: the sidecar quantizes it on demand
-        if precision != "auto":
+        if precision == "16-bit" and ckpt_name.startswith(SVDQ_FOLDER + "/"):
+            raise ValueError("SVDQuant loader: 16-bit applies to 16-bit checkpoints (diffusion_models/...), not to an SVDQuant checkpoint")
+        if precision not in ("auto", "16-bit"):
             args["precision"] = precision
         if _device_arg(device):
             args["device"] = _device_arg(device)

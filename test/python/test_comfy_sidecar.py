@@ -95,9 +95,8 @@ def _node(name):
     return NODE_CLASS_MAPPINGS[name]()
 
 
-def _load(env, name="diffusion_models/tiny-flux.safetensors", precision="auto"):
-    # 16-bit checkpoint with precision "auto" is quantized on demand by the loader; tests that
-    # want the plain engine pass the checkpoint through the channel directly.
+def _load(env, name="diffusion_models/tiny-flux.safetensors", precision="16-bit"):
+    # "16-bit" runs the checkpoint as it is; "auto"/"int4" on a 16-bit file quantizes it on demand.
     (model,) = _node("SVDQuantModelLoader").load(name, precision, "cpu")
     return model
 
@@ -182,7 +181,7 @@ def test_sidecar_errors_surface_with_its_message(env):
     from comfy_nodes.channel import SidecarError
     # A corrupt checkpoint: the sidecar's parser error names the file.
     with pytest.raises(SidecarError) as e:
-        _node("SVDQuantModelLoader").load("diffusion_models/broken.safetensors", "auto", "cpu")
+        _node("SVDQuantModelLoader").load("diffusion_models/broken.safetensors", "16-bit", "cpu")
     assert "broken.safetensors" in str(e.value)
     # A forward with a wrong latent channel count: the sidecar's shape check, verbatim.
     model = _load(env)

@@ -106,7 +106,13 @@ class Channel:
         except (OSError, websocket.WebSocketException) as e:
             self._drop(f"recv: {e}")
         if opcode == websocket.ABNF.OPCODE_CLOSE:
-            self._drop("closed by the sidecar")
+            code = int.from_bytes(data[:2], "big") if len(data) >= 2 else None
+            reason = data[2:].decode("utf-8", "replace") if len(data) > 2 else ""
+            self.close()
+            if code == 1009:  # frame over the sidecar's size limit: retrying cannot help
+                raise SidecarError(f"svdquant: request too large for the sidecar ({reason or 'close 1009'}); "
+                                   "raise its --max-frame-mb or use a smaller batch/resolution", "too_large")
+            raise ConnectionLost(f"svdquant: the sidecar closed the connection (code {code}{': ' + reason if reason else ''})")
         if opcode not in (websocket.ABNF.OPCODE_BINARY, websocket.ABNF.OPCODE_TEXT):
             return None
         if opcode == websocket.ABNF.OPCODE_TEXT:
@@ -136,9 +142,15 @@ class Channel:
                     if interruptible:
                         _comfy_mm().throw_exception_if_processing_interrupted()
                     msg = self._recv(POLL_S)
-                    if msg is None or msg.get("id") != rid:
+                    if msg is None:
                         continue
                     kind = _kind(msg)
+                    if msg.get("id") is None and kind == "error":
+                        # The sidecar could not decode a frame of ours: nothing else will answer it.
+                        err = msg.get("error") or {}
+                        raise SidecarError(str(err.get("message", "bad frame")), err.get("code"), op)
+                    if msg.get("id") != rid:
+                        continue
                     if kind == "progress":
                         if progress is not None:
                             p = msg.get("progress") or {}

@@ -23,6 +23,16 @@ HEALTH_PATH = "/v1/health"
 START_TIMEOUT_S = float(os.environ.get("SVDQ_SIDECAR_START_TIMEOUT", "60"))
 
 
+def _die_with_parent():
+    """Linux: the child gets SIGTERM when ComfyUI dies, even without atexit (kill -9, crash)."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass  # other platforms: atexit still stops it on a normal exit
+
+
 class SidecarUnavailable(RuntimeError):
     pass
 
@@ -106,7 +116,7 @@ class Sidecar:
             cmd += ["--models", d]
         cmd += self.extra_args
         self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         log.close()
         self.starts += 1
         self.url, self.token = f"http://127.0.0.1:{port}", token

@@ -6,6 +6,7 @@ import { FifoQueue } from '../jobs/queue.ts';
 import { ApiError } from './errors.ts';
 import { expectTensor } from './tensors.ts';
 import type { LoraSpec } from './schema.ts';
+import { loraApiError } from './lora-ops.ts';
 
 export interface EngineInfo {
   config: Record<string, unknown>;
@@ -21,6 +22,11 @@ export interface EngineLike {
   dispose(): void;
   /** LoRA support, when the engine has it: make the attached stack equal `loras` (in order). */
   syncLoras?(loras: LoraSpec[]): Promise<unknown>;
+  /** LoRA stack management (lora-ops.ts); changes run on the model's queue. */
+  addLora?(path: string, strength: number): Promise<{ id: number; patched: number; unmatched: Array<{ key: string; reason: string }>; formats: string[] }>;
+  setLoraStrength?(id: number, strength: number): Promise<void>;
+  removeLora?(id: number): Promise<void>;
+  listLoras?(): Array<Record<string, unknown>>;
 }
 
 export interface ModelLoadOptions extends LoadOptions {
@@ -149,7 +155,11 @@ export class ModelRegistry {
         if (!m.engine.syncLoras) {
           if (loras.length) throw new ApiError('unsupported', 'loras: this engine build has no LoRA support yet', 'loras');
         } else {
-          await m.engine.syncLoras(loras);
+          try {
+            await m.engine.syncLoras(loras);
+          } catch (e) {
+            throw loraApiError(e, 'loras'); // a bad LoRA file is the client's error, not the engine's
+          }
         }
       }
       const t0 = performance.now();

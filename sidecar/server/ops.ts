@@ -11,6 +11,7 @@ import type { ModelRegistry } from './models.ts';
 import type { PathSandbox } from './paths.ts';
 import { checkArgs, type ArgSpecs, type LoraSpec } from './schema.ts';
 import type { TensorCache } from './tensors.ts';
+import { LORA_OPS } from './lora-ops.ts';
 
 export const VERSION = '0.1.0';
 
@@ -216,6 +217,8 @@ export const OPS: Record<string, OpDef> = {
     },
   },
 };
+
+Object.assign(OPS, LORA_OPS);
 
 /** Validates and runs `op`. Refuses new work while shutting down. */
 export async function runOp(s: ServerState, op: string, rawArgs: unknown, ctx: OpContext): Promise<OpResult> {

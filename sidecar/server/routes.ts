@@ -1,5 +1,6 @@
 // The REST routes as data: each maps onto an op of ops.ts. The express app and the OpenAPI document
 // are both built from this one table, so the document cannot miss a route.
+import { LORA_ROUTES } from './lora-ops.ts';
 
 export interface RouteDef {
   method: 'get' | 'post' | 'patch' | 'delete';
@@ -32,4 +33,5 @@ export const ROUTES: RouteDef[] = [
   { method: 'post', path: '/v1/tensors', op: 'put_tensor', body: true, status: 201,
     summary: 'Store a tensor in the content-hash cache; use {"ref": hash} in later requests.' },
   { method: 'delete', path: '/v1/tensors/:hash', op: 'drop_tensor', params: { hash: 'hash' } },
+  ...LORA_ROUTES,
 ];

@@ -30,16 +30,15 @@ TINY = dict(in_channels=16, out_channels=16, hidden_size=128, num_heads=2, depth
             context_in_dim=64, vec_in_dim=32, guidance_embed=True)
 
 
-def make_tiny_flux(path, seed=0):
-    """A random BFL-keyed FLUX checkpoint (BF16) from the repository's PyTorch FLUX reference."""
-    sys.path.insert(0, REPO)
-    from safetensors.torch import save_file
-    from tools.flux_torch.model import Flux, FluxConfig
-    torch.manual_seed(seed)
-    m = Flux(FluxConfig(**TINY))
-    sd = {k: (v * 1.0).to(torch.bfloat16).contiguous() for k, v in m.state_dict().items()}
-    save_file(sd, path)
-    return m
+def make_tiny_flux(outdir, seed=0):
+    """The repository's tiny random FLUX fixture (tools/fixtures/make_tiny_flux.py): BFL keys, BF16,
+    guidance-distilled; also writes inputs.safetensors and the float64 reference expected.safetensors."""
+    import subprocess
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tools", "fixtures", "make_tiny_flux.py"), str(outdir),
+                        "--guidance", "--dtype", "bf16", "--hidden", "128", "--heads", "2", "--depth", "2", "--single", "2",
+                        "--context", "64", "--vec", "32", "--seed", str(seed)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return os.path.join(str(outdir), "model.safetensors")
 
 
 def make_lora(path, rank=4, seed=1, scale=0.5, layer="double_blocks.0.img_attn.qkv", shape=(3 * 128, 128)):
@@ -56,7 +55,8 @@ def env(tmp_path_factory):
     dirs = {n: root / n for n in ("svdquant", "diffusion_models", "loras")}
     for d in dirs.values():
         d.mkdir()
-    make_tiny_flux(str(dirs["diffusion_models"] / "tiny-flux.safetensors"))
+    fx = root / "fixture"
+    os.replace(make_tiny_flux(fx), dirs["diffusion_models"] / "tiny-flux.safetensors")
     make_lora(str(dirs["loras"] / "a.safetensors"), seed=1)
     make_lora(str(dirs["loras"] / "b.safetensors"), seed=2, layer="single_blocks.1.linear2", shape=(128, 128 * 5))
     with open(dirs["diffusion_models"] / "broken.safetensors", "wb") as f:
@@ -76,7 +76,7 @@ def env(tmp_path_factory):
         import nodes
         asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
         assert asyncio.run(nodes.load_custom_node(REPO))
-    yield {"dirs": dirs, "channel": ch, "sidecar": side}
+    yield {"dirs": dirs, "channel": ch, "sidecar": side, "fixture": fx}
     ch.close()
     side.stop()
     chmod._default_channel = None
@@ -143,6 +143,18 @@ def test_comfyui_ksampler_through_wrapper_equals_direct_sidecar_calls(env):
     v = _direct(env, sm.model_id)
     want = ref.comfy_reference(model, lambda x, t: v(x, t, ctx, y, g), seed=5, steps=3, batch=1, latent_hw=(8, 8))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_wrapper_forward_matches_float64_reference(env):
+    """One forward through the MODEL's diffusion_model on the fixture's inputs vs tools/flux_torch in float64."""
+    from safetensors.torch import load_file
+    inp = load_file(str(env["fixture"] / "inputs.safetensors"))
+    want = load_file(str(env["fixture"] / "expected.safetensors"))["out"]
+    model = _load(env)
+    got = model.model.diffusion_model(inp["x"], inp["timestep"], inp["context"], y=inp["y"], guidance=inp["guidance"])
+    assert got.shape == want.shape and got.dtype == inp["x"].dtype
+    rel = ((got.double() - want.double()).norm() / want.double().norm()).item()
+    assert rel < 1e-3, f"relative L2 error {rel:.2e}"
 
 
 def _one_step(model, x, ctx, y, g, t=0.6):

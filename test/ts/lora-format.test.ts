@@ -1,10 +1,14 @@
 // LoRA file formats -> per-BFL-layer (A, B): every naming family gives the dense update the
 // independent oracle in helpers/lora-fixtures.ts computes, and bad files fail naming the key.
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { LoraFormatError, parseLora, tensorToF32 } from '../../sidecar/formats/lora.ts';
 import type { ParsedLora } from '../../sidecar/formats/lora.ts';
 import type { TensorData } from '../../sidecar/engine/types.ts';
-import { asBfl, asDiffusers, asKohya, denseDelta, randomLora, tinyFluxLayers } from './helpers/lora-fixtures.ts';
+import { asBfl, asDiffusers, asKohya, denseDelta, randomLora, readSafetensorsFile, tinyFluxLayers, writeSafetensorsFile } from './helpers/lora-fixtures.ts';
 import type { LoraFileContent } from './helpers/lora-fixtures.ts';
 
 const layers = tinyFluxLayers();
@@ -160,6 +164,21 @@ test('text-encoder, unknown and unsupported keys are reported, not dropped', (t)
   t.regex(why['lora_unet_final_layer_linear.dora_scale']!, /DoRA/);
   t.regex(why['lora_unet_final_layer_linear.lora_down.weight']!, /DoRA/);
   t.deepEqual(p.patches.map((x) => x.layer), ['img_in']);
+});
+
+test('diffusers -> BFL mapping agrees with tools/flux_torch\'s independent weight converter', (t) => {
+  const lora = randomLora(layers, 40, { rank: 3, alpha: 6 });
+  const dir = mkdtempSync(join(tmpdir(), 'svdq-lora-map-'));
+  const src = join(dir, 'lora.safetensors');
+  const dst = join(dir, 'delta.safetensors');
+  writeSafetensorsFile(src, asDiffusers(lora));
+  execFileSync('python3', [join(import.meta.dirname, 'helpers', 'lora_delta_via_flux_torch.py'), src, dst], { stdio: 'pipe' });
+  const ref = readSafetensorsFile(dst).tensors;
+  const expected = new Map<string, Float64Array>();
+  for (const [k, v] of Object.entries(ref)) expected.set(k, Float64Array.from(new Float32Array(new Uint8Array(v.data).buffer)));
+  t.is(expected.size, layers.size, 'the converter mapped every module');
+  const err = compare(t, parseLora(asDiffusers(lora), layers), expected);
+  t.true(err < 1e-5, `relative error ${err}`);
 });
 
 // --- bad input -------------------------------------------------------------------------------

@@ -161,3 +161,22 @@ def test_comfyui_cfg_batches_cond_and_uncond_and_long_text():
                              negative_context=torch.randn(1, 600, 32))
     assert out.shape == (1, 16, 4, 4) and torch.isfinite(out).all()
     assert m.calls[0]["shapes"]["x"][0] == 2 and m.calls[0]["shapes"]["context"] == (2, 600, 32)
+
+
+@pytest.mark.skipif(MODE != "comfyui", reason="needs a ComfyUI checkout (set COMFYUI_DIR)")
+def test_comfyui_loads_the_package_through_its_custom_node_loader():
+    import asyncio
+    import os
+    import folder_paths
+    import nodes
+    from conftest_comfy import REPO
+    assert asyncio.run(nodes.load_custom_node(REPO))
+    for name in ("SVDQuantModelLoader", "SVDQuantLoraLoader", "SVDQuantQuantize"):
+        assert name in nodes.NODE_CLASS_MAPPINGS and nodes.NODE_DISPLAY_NAME_MAPPINGS[name].startswith("SVDQuant")
+        nodes.NODE_CLASS_MAPPINGS[name].INPUT_TYPES()  # what /object_info calls
+    assert "svdquant" in folder_paths.folder_names_and_paths
+    assert folder_paths.get_folder_paths("svdquant")[0] == os.path.join(folder_paths.models_dir, "svdquant")
+    from comfy_config import config_parser
+    cfg = config_parser.extract_node_configuration(REPO)
+    assert cfg.project.name == "svdquant-comfy" and cfg.tool_comfy.publisher_id and cfg.tool_comfy.display_name
+    assert set(cfg.project.dependencies) == {"msgpack>=1.0", "websocket-client>=1.6"}

@@ -90,7 +90,8 @@ export class Channel {
   }
 
   private onFrame(c: Conn, data: RawData, isBinary: boolean): void {
-    const buf = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
+    // ws hands us a Buffer (binaryType nodebuffer); use it as is: tensor data stays a view into it.
+    const buf = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
     if (!isBinary) return this.fail(c, null, new ApiError('bad_frame', 'text frames are not accepted: send one binary msgpack map per message'));
     if (buf.byteLength > this.opts.maxFrameBytes) {
       return this.fail(c, null, new ApiError('too_large', `frame of ${buf.byteLength} bytes exceeds the limit of ${this.opts.maxFrameBytes} bytes (--max-frame-mb)`));

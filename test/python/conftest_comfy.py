@@ -23,6 +23,9 @@ def setup_comfy():
         if COMFYUI_DIR not in sys.path:
             sys.path.insert(0, COMFYUI_DIR)
         from comfy.cli_args import args
+        # main.py imports the server (and ComfyUI's top-level `utils` package) before the node
+        # modules, some of which would otherwise leave comfy/utils.py registered as `utils`.
+        import utils.json_util  # noqa: F401
         import torch
         if not torch.cuda.is_available():
             args.cpu = True

@@ -161,3 +161,36 @@ def test_validator_rejects_a_broken_workflow(tmp_path):
     bad.write_text(json.dumps(api))
     with pytest.raises(AssertionError, match="wants MODEL"):
         test_api_workflow_is_valid(str(bad))
+
+
+@pytest.mark.skipif(MODE != "comfyui", reason="needs a ComfyUI checkout (set COMFYUI_DIR)")
+def test_comfyui_serves_the_workflows_as_templates(tmp_path):
+    """ComfyUI's own template routes list and serve workflows/*.json (UI format only, not api/)."""
+    import asyncio
+    import folder_paths
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+    from app.custom_node_manager import CustomNodeManager
+
+    (tmp_path / "svdquant-comfy").symlink_to(REPO)
+    saved = folder_paths.folder_names_and_paths.get("custom_nodes")
+    folder_paths.folder_names_and_paths["custom_nodes"] = ([str(tmp_path)], set())
+
+    async def run():
+        app = web.Application()
+        routes = web.RouteTableDef()
+        CustomNodeManager().add_routes(routes, app, [("svdquant-comfy", str(tmp_path / "svdquant-comfy"))])
+        app.add_routes(routes)
+        async with TestClient(TestServer(app)) as client:
+            r = await client.get("/workflow_templates")
+            listing = await r.json()
+            r2 = await client.get("/api/workflow_templates/svdquant-comfy/svdquant_flux_lora_stack.json")
+            body = await r2.json(content_type=None)
+            return listing, r2.status, body
+
+    try:
+        listing, status, body = asyncio.run(run())
+    finally:
+        folder_paths.folder_names_and_paths["custom_nodes"] = saved
+    assert sorted(listing["svdquant-comfy"]) == ["svdquant_flux_lora_stack", "svdquant_flux_quantize_on_demand", "svdquant_flux_text_to_image"]
+    assert status == 200 and any(n["type"] == "SVDQuantLoraLoader" for n in body["nodes"])

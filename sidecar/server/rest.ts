@@ -7,7 +7,8 @@ import { bearer, tokenMatches } from './auth.ts';
 import { runOp, type ServerState } from './ops.ts';
 import { ROUTES } from './routes.ts';
 import { openApiDocument } from './openapi.ts';
-import { packr, unpackr } from './channel.ts';
+import { unpackr } from './channel.ts';
+import { packChunks } from './msgpack-chunks.ts';
 
 const MSGPACK = 'application/msgpack';
 const B64 = /^[A-Za-z0-9+/]*={0,2}$/;
@@ -94,7 +95,11 @@ export function restApp(s: ServerState, o: RestOptions): express.Express {
         const accept = req.get('accept');
         const wantsMsgpack = accept && accept !== '*/*' ? req.accepts(['json', MSGPACK]) === MSGPACK : asMsgpack;
         if (wantsMsgpack && out.tensors) {
-          res.status(status).type(MSGPACK).send(packr.pack({ ...out.result, tensors: out.tensors }));
+          // Written chunk by chunk so the output tensor is not copied into one body buffer.
+          const chunks = packChunks({ ...out.result, tensors: out.tensors });
+          res.status(status).type(MSGPACK).setHeader('content-length', chunks.reduce((n, c) => n + c.byteLength, 0));
+          for (const ch of chunks) res.write(ch);
+          res.end();
         } else {
           res.status(status).json(out.tensors ? { ...out.result, tensors: encodeJsonTensors(out.tensors) } : out.result);
         }

@@ -13,6 +13,7 @@ import { startServer, type RunningServer } from '../../sidecar/server/server.ts'
 import { ChannelClient, tensor, f32 } from '../../sidecar/server/client.ts';
 import { Packr } from 'msgpackr';
 import { packr, unpackr } from '../../sidecar/server/channel.ts';
+import { packChunks } from '../../sidecar/server/msgpack-chunks.ts';
 import { openApiDocument } from '../../sidecar/server/openapi.ts';
 import { ROUTES } from '../../sidecar/server/routes.ts';
 import { OPS } from '../../sidecar/server/ops.ts';
@@ -266,7 +267,7 @@ test('REST forward with JSON and msgpack bodies matches the engine', async (t) =
   const j = await rj.json();
   const outJ: TensorData = { dtype: j.tensors.out.dtype, shape: j.tensors.out.shape, data: new Uint8Array(Buffer.from(j.tensors.out.data, 'base64')) };
   t.true(maxRelErr(outJ, want) < 1e-5);
-  const rm = await rest(`/v1/models/${model}/forward`, { method: 'POST', headers: { 'content-type': 'application/msgpack' }, body: packr.pack(asArgs(inp)) });
+  const rm = await rest(`/v1/models/${model}/forward`, { method: 'POST', headers: { 'content-type': 'application/msgpack' }, body: packr.pack(asArgs(inp)) as Uint8Array<ArrayBuffer> });
   t.is(rm.status, 200);
   t.is(rm.headers.get('content-type'), 'application/msgpack');
   const m = unpackr.unpack(Buffer.from(await rm.arrayBuffer())) as { tensors: { out: TensorData } };
@@ -373,4 +374,17 @@ test('a frame over the hard limit closes the socket with 1009; other connections
   t.is(c.closed?.code, 1009);
   t.true((await other.call('ping')).ok);
   other.close();
+});
+
+test('reply encoder: chunked msgpack decodes like msgpackr and passes big bytes through uncopied', (t) => {
+  const big = new Uint8Array(100_000).map((_, i) => i & 255);
+  const values: unknown[] = [null, true, 0, 127, 128, 65536, 2 ** 32 - 1, -1, -33, -70000, 1.5, 'é'.repeat(40), 'x'.repeat(70_000),
+    [1, 'a', [2]], Array.from({ length: 70_000 }, (_, i) => i % 3), { a: { b: [1, { c: 'd' }] } }, new Uint8Array(300).fill(7), big,
+    { id: 1, ok: true, result: { engine_ms: 3.25 }, tensors: { out: { dtype: 'F32', shape: [1, 16], data: big } } }];
+  const plain = (v: unknown): unknown => JSON.parse(JSON.stringify(v, (_k, x) => (x instanceof Uint8Array ? Array.from(x) : x?.type === 'Buffer' ? x.data : x)));
+  for (const v of values) {
+    const chunks = packChunks(v);
+    t.deepEqual(plain(unpackr.unpack(Buffer.concat(chunks))), plain(v));
+  }
+  t.true(packChunks({ data: big }).includes(big));
 });

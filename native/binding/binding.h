@@ -8,3 +8,25 @@ void registerEngine(Napi::Env env, Napi::Object exports);   // engine.cpp: Engin
 void registerQuant(Napi::Env env, Napi::Object exports);    // quant.cpp: quantize, quant kernels
 void registerLora(Napi::Env env, Napi::Object exports);     // lora.cpp: attach/rescale/detach LoRAs on an Engine
 }  // namespace svdq::binding
+
+#include <string>
+#include <vector>
+
+#include "svdq/tensor.h"
+
+namespace svdq::binding {
+// A tensor received from JS as {dtype, shape, data: Uint8Array}; `data` is borrowed from the JS buffer.
+struct JsTensor {
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;
+  size_t bytes = 0;
+};
+// Validates dtype name, shape (non-negative integers) and byte length == numel x dtype size; errors name `what`.
+JsTensor tensorFromJs(Napi::Env env, const Napi::Value& v, const std::string& what);
+// Copies bytes into a fresh {dtype, shape, data: Uint8Array}.
+Napi::Object tensorToJs(Napi::Env env, DType dtype, const std::vector<int64_t>& shape, const void* data, size_t bytes);
+Napi::Object tensorToJs(Napi::Env env, const Tensor& t);  // F32
+// Converts any svdq::Error / std::exception into a JS Error and rethrows it there.
+[[noreturn]] void throwJs(Napi::Env env, const std::exception& e);
+}  // namespace svdq::binding

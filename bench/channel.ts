@@ -110,6 +110,34 @@ results.push(await measure('ws (context inline, 8 MiB every step)', async () => 
 
 c.close();
 await stop();
+
+// The floor under all of this: the same bytes (4 MiB up, 4 MiB down) through a bare ws echo server
+// in another process, no msgpack, no engine. Overhead above it is what the protocol itself costs.
+const echoSrc = `import { WebSocketServer } from 'ws';
+const out = Buffer.alloc(4 << 20);
+const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', perMessageDeflate: false, maxPayload: 1 << 30 });
+wss.on('listening', () => console.log('port ' + wss.address().port));
+wss.on('connection', (ws) => ws.on('message', () => ws.send(out)));`;
+const echo = spawn(process.execPath, ['--input-type=module', '-e', echoSrc], { cwd: repo, stdio: ['ignore', 'pipe', 'inherit'] });
+const echoPort = await new Promise<number>((resolve) => echo.stdout!.on('data', (d) => resolve(Number(/port (\d+)/.exec(String(d))![1]))));
+const { WebSocket } = await import('ws');
+const raw = new WebSocket(`ws://127.0.0.1:${echoPort}`, { perMessageDeflate: false, maxPayload: 1 << 30 });
+await new Promise((r) => raw.once('open', r));
+const up = Buffer.alloc((4 << 20) + 200);
+const floor: number[] = [];
+for (let i = 0; i < iters + 2; i++) {
+  const t0 = now();
+  await new Promise((r) => {
+    raw.once('message', r);
+    raw.send(up);
+  });
+  if (i >= 2) floor.push(now() - t0);
+}
+raw.close();
+echo.kill();
+const floorMs = +med(floor).toFixed(2);
+results.push({ path: 'floor: bare ws echo, same bytes', rtt_ms: floorMs, engine_ms: 0, overhead_ms: floorMs, overhead_p90_ms: +p90(floor).toFixed(2) });
+for (const r of results) r.above_floor_ms = +((r.overhead_ms as number) - floorMs).toFixed(2);
 rmSync(root, { recursive: true, force: true });
 console.log(`channel overhead, ${values.inproc ? 'server in-process' : 'server as child process'}, ${iters} iterations after 2 warm-up, x [1,16,128,128] F32 (4 MiB), context [1,512,4096] F32 (8 MiB), out 4 MiB`);
 console.table(results);

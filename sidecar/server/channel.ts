@@ -8,6 +8,7 @@ import { WebSocketServer, type WebSocket, type RawData } from 'ws';
 import { ApiError, toApiError } from './errors.ts';
 import { bearer, tokenMatches } from './auth.ts';
 import { runOp, VERSION, type ServerState, type OpResult } from './ops.ts';
+import { packChunks } from './msgpack-chunks.ts';
 
 // Plain msgpack both ways: no records/structures extension, bin for bytes, maps as objects.
 export const packr = new Packr({ useRecords: false, moreTypes: false });
@@ -77,7 +78,11 @@ export class Channel {
   private send(c: Conn, msg: Record<string, unknown>): void {
     if (c.ws.readyState !== c.ws.OPEN) return;
     try {
-      c.ws.send(packr.pack(msg));
+      const chunks = packChunks(msg);
+      if (chunks.length === 1) return c.ws.send(chunks[0]);
+      // One message in several fragments: big tensors go out without being copied into a frame.
+      // The sends run back to back in this tick, so no other reply can interleave.
+      chunks.forEach((ch, i) => c.ws.send(ch, { binary: true, fin: i === chunks.length - 1 }));
     } catch (e) {
       // A reply that cannot be packed is our bug; report it instead of dropping the request.
       c.ws.send(packr.pack({ id: msg.id ?? null, ok: false, error: { code: 'internal', message: `reply could not be encoded: ${(e as Error).message}` } }));

@@ -1,5 +1,335 @@
-// Placeholder: filled in by its owner.
+// Node-API glue for the quantizer: the numeric primitives and one-layer quantization for tests,
+// and the async checkpoint quantizer (svdq/quant_pipeline.h) with progress through a ThreadSafeFunction.
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
 #include "binding.h"
+#include "svdq/quant.h"
+#include "svdq/quant_kernels.h"
+#include "svdq/quant_layer.h"
+#include "svdq/quant_pipeline.h"
+
 namespace svdq::binding {
-void registerQuant(Napi::Env, Napi::Object) {}
+namespace {
+using namespace svdq::quant;
+
+template <class T>
+const T* arr(const Napi::CallbackInfo& info, size_t i, int64_t need, const char* what) {
+  if (info.Length() <= i || !info[i].IsTypedArray()) throw Napi::TypeError::New(info.Env(), std::string(what) + ": expected a typed array");
+  auto ta = info[i].As<Napi::TypedArray>();
+  if (static_cast<int64_t>(ta.ByteLength()) != need * static_cast<int64_t>(sizeof(T)))
+    throw Napi::RangeError::New(info.Env(), std::string(what) + ": " + std::to_string(ta.ByteLength()) + " bytes, expected " +
+                                                std::to_string(need * sizeof(T)));
+  return reinterpret_cast<const T*>(static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset());
+}
+int64_t num(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || !info[i].IsNumber()) throw Napi::TypeError::New(info.Env(), std::string(what) + ": expected a number");
+  double v = info[i].As<Napi::Number>().DoubleValue();
+  if (v < 0 || v != static_cast<int64_t>(v)) throw Napi::RangeError::New(info.Env(), std::string(what) + ": expected a non-negative integer");
+  return static_cast<int64_t>(v);
+}
+template <class TA, class T>
+TA out(Napi::Env env, const std::vector<T>& v) {
+  TA a = TA::New(env, v.size());
+  std::copy(v.begin(), v.end(), a.Data());
+  return a;
+}
+// Runs f, turning svdq::Error into a JS exception.
+template <class F>
+Napi::Value guard(Napi::Env env, F f) {
+  try {
+    return f();
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+}
+
+// quantizeInt4(x: Float32Array, rows, cols, unsigned?) -> {q: Int8Array, scales: Float32Array}
+Napi::Value QuantizeInt4(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    int64_t rows = num(info, 1, "rows"), cols = num(info, 2, "cols");
+    const float* x = arr<float>(info, 0, rows * cols, "x");
+    bool u = info.Length() > 3 && info[3].ToBoolean();
+    std::vector<int8_t> q(rows * cols);
+    std::vector<float> s(rows * cols / kInt4Group + (cols % kInt4Group ? 1 : 0));
+    quantizeInt4(x, rows, cols, q.data(), s.data(), u);
+    s.resize(rows * cols / kInt4Group);
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("q", out<Napi::Int8Array>(info.Env(), q));
+    o.Set("scales", out<Napi::Float32Array>(info.Env(), s));
+    return o;
+  });
+}
+Napi::Value DequantizeInt4(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    int64_t rows = num(info, 2, "rows"), cols = num(info, 3, "cols");
+    const int8_t* q = arr<int8_t>(info, 0, rows * cols, "q");
+    const float* s = arr<float>(info, 1, rows * cols / kInt4Group, "scales");
+    std::vector<float> o(rows * cols);
+    dequantizeInt4(q, s, rows, cols, o.data());
+    return out<Napi::Float32Array>(info.Env(), o);
+  });
+}
+// quantizeNvfp4(x, rows, cols) -> {codes: Uint8Array, gscales: Uint8Array (E4M3), tensorScale}
+Napi::Value QuantizeNvfp4(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    int64_t rows = num(info, 1, "rows"), cols = num(info, 2, "cols");
+    const float* x = arr<float>(info, 0, rows * cols, "x");
+    if (cols % kFp4Group) throw Error("quantizeNvfp4: cols " + std::to_string(cols) + " is not a multiple of 16");
+    float ts = nvfp4TensorScale(x, rows * cols);
+    std::vector<uint8_t> c(rows * cols), g(rows * cols / kFp4Group);
+    quantizeNvfp4(x, rows, cols, ts, c.data(), g.data());
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("codes", out<Napi::Uint8Array>(info.Env(), c));
+    o.Set("gscales", out<Napi::Uint8Array>(info.Env(), g));
+    o.Set("tensorScale", Napi::Number::New(info.Env(), ts));
+    return o;
+  });
+}
+Napi::Value DequantizeNvfp4(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    int64_t rows = num(info, 3, "rows"), cols = num(info, 4, "cols");
+    const uint8_t* c = arr<uint8_t>(info, 0, rows * cols, "codes");
+    const uint8_t* g = arr<uint8_t>(info, 1, rows * cols / kFp4Group, "gscales");
+    float ts = info[2].As<Napi::Number>().FloatValue();
+    std::vector<float> o(rows * cols);
+    dequantizeNvfp4(c, g, ts, rows, cols, o.data());
+    return out<Napi::Float32Array>(info.Env(), o);
+  });
+}
+Napi::Value PackNibbles(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    auto ta = info[0].As<Napi::Int8Array>();
+    std::vector<uint8_t> o(ta.ElementLength() / 2);
+    packNibbles(ta.Data(), ta.ElementLength(), o.data());
+    return out<Napi::Uint8Array>(info.Env(), o);
+  });
+}
+Napi::Value UnpackNibbles(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    int64_t n = num(info, 1, "n");
+    const uint8_t* p = arr<uint8_t>(info, 0, (n + 1) / 2, "packed");
+    std::vector<int8_t> o(n);
+    unpackNibbles(p, n, o.data(), info.Length() < 3 || info[2].ToBoolean());
+    return out<Napi::Int8Array>(info.Env(), o);
+  });
+}
+// gemmW4A4Int4(qa, ascale, M, qw, wscale, N, K) -> Float32Array [M, N]
+Napi::Value GemmW4A4Int4(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    int64_t M = num(info, 2, "M"), N = num(info, 5, "N"), K = num(info, 6, "K");
+    if (K % kInt4Group) throw Error("gemmW4A4Int4: K " + std::to_string(K) + " is not a multiple of 64");
+    const int8_t* qa = arr<int8_t>(info, 0, M * K, "qa");
+    const float* as = arr<float>(info, 1, M * K / kInt4Group, "ascale");
+    const int8_t* qw = arr<int8_t>(info, 3, N * K, "qw");
+    const float* ws = arr<float>(info, 4, N * K / kInt4Group, "wscale");
+    std::vector<float> y(M * N);
+    gemmW4A4Int4(qa, as, M, qw, ws, N, K, y.data());
+    return out<Napi::Float32Array>(info.Env(), y);
+  });
+}
+// svd(A, m, n, r, 'exact'|'randomized'|'auto') -> {U, S, Vt}
+Napi::Value SvdTop(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    int64_t m = num(info, 1, "m"), n = num(info, 2, "n"), r = num(info, 3, "r");
+    const float* A = arr<float>(info, 0, m * n, "A");
+    std::string how = info.Length() > 4 ? info[4].ToString().Utf8Value() : "auto";
+    Svd s = how == "exact" ? svdExact(A, m, n, r) : how == "randomized" ? svdRandomized(A, m, n, r) : svdTopR(A, m, n, r);
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("U", out<Napi::Float32Array>(info.Env(), s.U));
+    o.Set("S", out<Napi::Float32Array>(info.Env(), s.S));
+    o.Set("Vt", out<Napi::Float32Array>(info.Env(), s.Vt));
+    return o;
+  });
+}
+
+QuantPrecision precisionArg(const std::string& s) {
+  if (s == "int4") return QuantPrecision::Int4;
+  if (s == "nvfp4") return QuantPrecision::Nvfp4;
+  throw Error("unknown precision '" + s + "' (int4 | nvfp4)");
+}
+QuantMethod methodArg(const std::string& s) {
+  if (s == "svdquant") return QuantMethod::SVDQuant;
+  if (s == "smoothquant") return QuantMethod::SmoothQuant;
+  if (s == "lowrank") return QuantMethod::LowRank;
+  if (s == "naive") return QuantMethod::Naive;
+  throw Error("unknown method '" + s + "' (svdquant | smoothquant | lowrank | naive | w4a16)");
+}
+LowRankMode lowrankArg(const std::string& s) {
+  if (s == "svd") return LowRankMode::Svd;
+  if (s == "corda") return LowRankMode::Corda;
+  if (s == "whiten") return LowRankMode::Whiten;
+  throw Error("unknown low-rank mode '" + s + "' (svd | corda | whiten)");
+}
+std::string str(Napi::Object o, const char* k, const char* def) {
+  return o.Has(k) && !o.Get(k).IsUndefined() ? o.Get(k).ToString().Utf8Value() : def;
+}
+double dbl(Napi::Object o, const char* k, double def) {
+  return o.Has(k) && o.Get(k).IsNumber() ? o.Get(k).As<Napi::Number>().DoubleValue() : def;
+}
+
+// quantizeLayer({W, N, K, bias?, sample, S, x?, M?, precision, method, lowrank, rank, refine, gridStep, unsignedShift})
+// -> {relError, naiveRelError, smoothing, refineSteps, kind, parts..., y? (forward of x)}
+Napi::Value QuantizeLayer(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    Napi::Object o = info[0].As<Napi::Object>();
+    auto f32 = [&](const char* k, int64_t n) {
+      auto ta = o.Get(k).As<Napi::Float32Array>();
+      if (static_cast<int64_t>(ta.ElementLength()) != n)
+        throw Error(std::string(k) + ": " + std::to_string(ta.ElementLength()) + " values, expected " + std::to_string(n));
+      return std::vector<float>(ta.Data(), ta.Data() + n);
+    };
+    const int64_t N = static_cast<int64_t>(dbl(o, "N", 0)), K = static_cast<int64_t>(dbl(o, "K", 0)),
+                  S = static_cast<int64_t>(dbl(o, "S", 0));
+    Tensor W({N, K});
+    W.data = f32("W", N * K);
+    std::vector<float> bias;
+    if (o.Has("bias") && o.Get("bias").IsTypedArray()) bias = f32("bias", N);
+    LayerCalib cal;
+    cal.sample = Tensor({S, K});
+    cal.sample.data = f32("sample", S * K);
+    cal.absmax.assign(K, 0.f);
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t k = 0; k < K; ++k) cal.absmax[k] = std::max(cal.absmax[k], std::fabs(cal.sample.data[s * K + k]));
+    const std::string method = str(o, "method", "svdquant");
+    Napi::Object res = Napi::Object::New(env);
+    std::unique_ptr<Linear> layer;
+    if (method == "w4a16") {
+      W4A16Weights w = quantizeW4A16Layer("layer", W, bias);
+      res.Set("qweight", out<Napi::Uint8Array>(env, w.qweight));
+      res.Set("wscales", out<Napi::Float32Array>(env, w.wscales));
+      res.Set("wzeros", out<Napi::Float32Array>(env, w.wzeros));
+      layer = std::make_unique<W4A16Linear>(std::move(w));
+    } else {
+      LayerQuantOptions opt;
+      opt.precision = precisionArg(str(o, "precision", "int4"));
+      opt.method = methodArg(method);
+      opt.lowrank = lowrankArg(str(o, "lowrank", "svd"));
+      opt.rank = static_cast<int>(dbl(o, "rank", 32));
+      opt.refineIters = static_cast<int>(dbl(o, "refine", 8));
+      opt.gridStep = dbl(o, "gridStep", 0.05);
+      opt.tryUnsignedShift = o.Has("unsignedShift") && o.Get("unsignedShift").ToBoolean();
+      LayerQuantResult r = quantizeW4A4Layer("layer", W, bias, cal, opt);
+      res.Set("relError", r.relError);
+      res.Set("naiveRelError", r.naiveRelError);
+      res.Set("smoothing", r.smoothing);
+      res.Set("refineSteps", r.refineSteps);
+      const W4A4Weights& w = r.weights;
+      res.Set("inPadded", Napi::Number::New(env, static_cast<double>(w.inPadded)));
+      res.Set("qweight", out<Napi::Uint8Array>(env, w.qweight));
+      res.Set("wscales", out<Napi::Float32Array>(env, w.wscales));
+      res.Set("wscales8", out<Napi::Uint8Array>(env, w.wscales8));
+      res.Set("wtscale", w.wtscale);
+      res.Set("smooth", out<Napi::Float32Array>(env, w.smooth));
+      res.Set("loraDown", out<Napi::Float32Array>(env, w.loraDown.data));
+      res.Set("loraUp", out<Napi::Float32Array>(env, w.loraUp.data));
+      res.Set("bias", out<Napi::Float32Array>(env, w.bias));
+      res.Set("actShift", w.actShift);
+      res.Set("rank", Napi::Number::New(env, static_cast<double>(w.rank())));
+      layer = std::make_unique<W4A4Linear>(r.weights);
+    }
+    res.Set("kind", layer->kind());
+    res.Set("sampleRelError", layerRelError(*layer, W, bias, cal.sample));
+    if (o.Has("x") && o.Get("x").IsTypedArray()) {
+      const int64_t M = static_cast<int64_t>(dbl(o, "M", 0));
+      std::vector<float> x = f32("x", M * K), y(M * N);
+      layer->forward(x.data(), M, y.data());
+      res.Set("y", out<Napi::Float32Array>(env, y));
+    }
+    return res;
+  });
+}
+
+// quantizeCheckpoint(opts, onProgress?) -> Promise<report JSON string>
+class QuantizeWorker : public Napi::AsyncWorker {
+ public:
+  QuantizeWorker(Napi::Env env, PipelineOptions opt, Napi::Function progress)
+      : Napi::AsyncWorker(env), opt_(std::move(opt)), deferred_(Napi::Promise::Deferred::New(env)) {
+    if (!progress.IsEmpty())
+      tsfn_ = Napi::ThreadSafeFunction::New(env, progress, "svdq-quantize-progress", 0, 1);
+  }
+  ~QuantizeWorker() override {
+    if (tsfn_) tsfn_.Release();
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      auto cb = [this](int64_t done, int64_t total, const std::string& stage) {
+        if (!tsfn_) return;
+        auto* p = new std::tuple<int64_t, int64_t, std::string>(done, total, stage);
+        tsfn_.NonBlockingCall(p, [](Napi::Env env, Napi::Function fn, std::tuple<int64_t, int64_t, std::string>* d) {
+          fn.Call({Napi::Number::New(env, static_cast<double>(std::get<0>(*d))),
+                   Napi::Number::New(env, static_cast<double>(std::get<1>(*d))), Napi::String::New(env, std::get<2>(*d))});
+          delete d;
+        });
+      };
+      report_ = quantizeCheckpoint(opt_, cb);
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override { deferred_.Resolve(Napi::String::New(Env(), report_)); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  PipelineOptions opt_;
+  Napi::Promise::Deferred deferred_;
+  Napi::ThreadSafeFunction tsfn_;
+  std::string report_;
+};
+
+Napi::Value QuantizeCheckpoint(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "quantizeCheckpoint: expected options");
+  Napi::Object o = info[0].As<Napi::Object>();
+  PipelineOptions p;
+  try {
+    p.input = str(o, "input", "");
+    p.output = str(o, "output", "");
+    p.calib = str(o, "calib", "");
+    p.force = o.Has("force") && o.Get("force").ToBoolean();
+    p.method = str(o, "method", "svdquant");
+    if (p.method != "w4a16") p.layer.method = methodArg(p.method);
+    p.layer.precision = precisionArg(str(o, "precision", "int4"));
+    p.layer.lowrank = lowrankArg(str(o, "lowrank", "svd"));
+    p.layer.rank = static_cast<int>(dbl(o, "rank", 32));
+    p.layer.refineIters = static_cast<int>(dbl(o, "refine", 8));
+    p.layer.gridStep = dbl(o, "gridStep", 0.05);
+    p.adaln16 = str(o, "adaln", "w4a16") == "16bit";
+    p.calibRows = static_cast<int>(dbl(o, "calibRows", 256));
+    p.randomCalibSets = static_cast<int>(dbl(o, "randomCalibSets", 2));
+    p.unsignedGelu = !(o.Has("unsignedGelu") && !o.Get("unsignedGelu").ToBoolean());
+    p.toolVersion = str(o, "toolVersion", "0.1.0");
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+  Napi::Function progress = info.Length() > 1 && info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
+  auto* w = new QuantizeWorker(env, std::move(p), progress);
+  Napi::Promise pr = w->promise();
+  w->Queue();
+  return pr;
+}
+
+}  // namespace
+
+void registerQuant(Napi::Env env, Napi::Object exports) {
+  Napi::Object q = Napi::Object::New(env);
+  q.Set("quantizeInt4", Napi::Function::New(env, QuantizeInt4));
+  q.Set("dequantizeInt4", Napi::Function::New(env, DequantizeInt4));
+  q.Set("quantizeNvfp4", Napi::Function::New(env, QuantizeNvfp4));
+  q.Set("dequantizeNvfp4", Napi::Function::New(env, DequantizeNvfp4));
+  q.Set("packNibbles", Napi::Function::New(env, PackNibbles));
+  q.Set("unpackNibbles", Napi::Function::New(env, UnpackNibbles));
+  q.Set("gemmW4A4Int4", Napi::Function::New(env, GemmW4A4Int4));
+  q.Set("svd", Napi::Function::New(env, SvdTop));
+  q.Set("quantizeLayer", Napi::Function::New(env, QuantizeLayer));
+  q.Set("quantizeCheckpoint", Napi::Function::New(env, QuantizeCheckpoint));
+  exports.Set("quant", q);
+}
+
 }  // namespace svdq::binding

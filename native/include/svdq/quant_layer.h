@@ -1,0 +1,49 @@
+// Quantizing one linear layer: smoothing search, low-rank branch with refinement (plain SVD, CorDA
+// or whitened), 4-bit residual; and the W4A16 weight-only quantizer for adaLN modulation layers.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "svdq/quant.h"
+
+namespace svdq {
+
+// What calibration recorded for one layer's input.
+struct LayerCalib {
+  std::vector<float> absmax;  // [K] per-input-channel max |x|
+  Tensor sample;              // [S, K] a sample of input rows (S >= 1)
+};
+
+enum class QuantMethod { SVDQuant, SmoothQuant, LowRank, Naive };
+enum class LowRankMode { Svd, Corda, Whiten };
+
+struct LayerQuantOptions {
+  QuantPrecision precision = QuantPrecision::Int4;
+  QuantMethod method = QuantMethod::SVDQuant;
+  LowRankMode lowrank = LowRankMode::Svd;
+  int rank = 32;
+  int refineIters = 8;        // 0: the plain top-r SVD of the smoothed weight
+  double gridStep = 0.05;     // smoothing exponents a = step .. 1 - step
+  bool tryUnsignedShift = false;  // input is a GELU output: also try shifted unsigned activations
+  float damp = 0.01f;         // covariance damping (times its mean diagonal) for corda / whiten
+};
+
+struct LayerQuantResult {
+  W4A4Weights weights;
+  double relError = 0;        // ||Y_q - Y|| / ||Y|| on the calibration sample
+  double naiveRelError = 0;   // same for the first candidate (no smoothing, plain SVD), for reports
+  std::string smoothing;      // "none" or "a=0.45,b=0.55"
+  int refineSteps = 0;        // refinement iterates kept
+};
+
+// W: [N, K], bias: [N] or empty. Throws svdq::Error naming `name` on bad shapes/values.
+LayerQuantResult quantizeW4A4Layer(const std::string& name, const Tensor& W, const std::vector<float>& bias,
+                                   const LayerCalib& calib, const LayerQuantOptions& opt);
+
+// Asymmetric INT4 weights per group of 64 (K must be a multiple of 64).
+W4A16Weights quantizeW4A16Layer(const std::string& name, const Tensor& W, const std::vector<float>& bias);
+
+// Relative output error of a layer on rows X against the 16-bit reference X W^T + b.
+double layerRelError(const Linear& layer, const Tensor& W, const std::vector<float>& bias, const Tensor& X);
+
+}  // namespace svdq

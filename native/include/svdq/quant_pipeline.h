@@ -1,0 +1,29 @@
+// Quantizing a whole FLUX checkpoint: calibrate on the 16-bit model, then quantize layer by layer
+// from the memory-mapped input and stream the result into an atomically written safetensors file.
+#pragma once
+#include <functional>
+#include <string>
+
+#include "svdq/quant_layer.h"
+
+namespace svdq {
+
+struct PipelineOptions {
+  std::string input, output;
+  std::string calib;          // safetensors of {x, timestep, context, y, guidance}; empty: random inputs
+  bool force = false;         // overwrite an existing output
+  std::string method = "svdquant";  // svdquant | smoothquant | lowrank | naive | w4a16
+  LayerQuantOptions layer;
+  bool adaln16 = false;       // keep adaLN modulation layers 16-bit instead of W4A16
+  bool unsignedGelu = true;   // try shifted unsigned activations on GELU-fed layers (MLP out)
+  int calibRows = 256;        // rows of input kept per layer
+  int randomCalibSets = 2;    // random input sets when no calibration file is given
+  std::string toolVersion = "0.1.0";
+};
+
+using PipelineProgress = std::function<void(int64_t done, int64_t total, const std::string& stage)>;
+
+// Returns a JSON report (per layer kind, error, smoothing; totals). Throws svdq::Error on bad input.
+std::string quantizeCheckpoint(const PipelineOptions& opt, const PipelineProgress& progress);
+
+}  // namespace svdq

@@ -1,0 +1,374 @@
+// The per-layer SVDQuant quantizer (see svdq/quant_layer.h).
+#include <cblas.h>
+#include <lapacke.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "svdq/quant_kernels.h"
+#include "svdq/quant_layer.h"
+
+namespace svdq {
+using namespace quant;
+
+namespace {
+
+int64_t groupOf(QuantPrecision p) { return p == QuantPrecision::Int4 ? kInt4Group : kFp4Group; }
+
+// Quantize-dequantize a [N, Kp] weight the way the stored residual is (for refinement and scoring).
+std::vector<float> fakeQuantWeight(const std::vector<float>& R, int64_t N, int64_t Kp, QuantPrecision p) {
+  std::vector<float> out(R.size());
+  if (p == QuantPrecision::Int4) {
+    std::vector<int8_t> q(R.size());
+    std::vector<float> s(static_cast<size_t>(N * Kp / kInt4Group));
+    quantizeInt4(R.data(), N, Kp, q.data(), s.data());
+    dequantizeInt4(q.data(), s.data(), N, Kp, out.data());
+  } else {
+    std::vector<uint8_t> c(R.size()), s(static_cast<size_t>(N * Kp / kFp4Group));
+    float ts = nvfp4TensorScale(R.data(), N * Kp);
+    quantizeNvfp4(R.data(), N, Kp, ts, c.data(), s.data());
+    dequantizeNvfp4(c.data(), s.data(), ts, N, Kp, out.data());
+  }
+  return out;
+}
+
+struct LowRankCtx {
+  LowRankMode mode;
+  int64_t r;
+  const Tensor* X;
+  float damp;
+  std::string name;
+  // cached per lambda
+  std::vector<float> G, C;  // Cholesky factor, full covariance (corda)
+};
+
+void prepareLowRank(LowRankCtx& c, const std::vector<float>& lambda) {
+  if (c.mode == LowRankMode::Svd || c.r == 0) return;
+  const int64_t S = c.X->size(0), K = c.X->size(1);
+  std::vector<float> xs(c.X->data);
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t k = 0; k < K; ++k) xs[s * K + k] /= lambda[k];
+  std::vector<float> C(static_cast<size_t>(K * K), 0.f);
+  cblas_ssyrk(CblasRowMajor, CblasLower, CblasTrans, K, S, 1.f / S, xs.data(), K, 0.f, C.data(), K);
+  double tr = 0;
+  for (int64_t k = 0; k < K; ++k) tr += C[k * K + k];
+  const float d = static_cast<float>(std::max(tr / K, 1e-20) * c.damp);
+  for (int64_t k = 0; k < K; ++k) C[k * K + k] += d;
+  for (int64_t i = 0; i < K; ++i)
+    for (int64_t j = i + 1; j < K; ++j) C[i * K + j] = C[j * K + i];
+  c.C = C;
+  c.G = C;
+  if (LAPACKE_spotrf(LAPACK_ROW_MAJOR, 'L', K, c.G.data(), K) != 0)
+    throw Error(c.name + ": calibration covariance is not positive definite (Cholesky failed)");
+  for (int64_t i = 0; i < K; ++i)
+    for (int64_t j = i + 1; j < K; ++j) c.G[i * K + j] = 0.f;
+}
+
+// Top-r factors A [N, r], B [r, K] of the target M [N, K] (smoothed space) under the chosen metric:
+// svd: min ||M - AB||; whiten: min ||(M - AB) G|| = output error on the sample; corda: SVD of M C mapped back.
+void lowRank(const LowRankCtx& c, const std::vector<float>& M, int64_t N, int64_t K, std::vector<float>& A,
+             std::vector<float>& B) {
+  const int64_t r = c.r;
+  std::vector<float> T;
+  const float* src = M.data();
+  if (c.mode != LowRankMode::Svd) {
+    T.resize(M.size());
+    const std::vector<float>& R = c.mode == LowRankMode::Whiten ? c.G : c.C;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, K, 1.f, M.data(), K, R.data(), K, 0.f, T.data(), K);
+    src = T.data();
+  }
+  Svd s = svdTopR(src, N, K, r);
+  A.assign(static_cast<size_t>(N * r), 0.f);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < r; ++j) A[n * r + j] = s.U[n * r + j] * s.S[j];
+  B = s.Vt;
+  if (c.mode == LowRankMode::Whiten) {  // B G = Vt
+    cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, r, K, 1.f, c.G.data(), K, B.data(), K);
+  } else if (c.mode == LowRankMode::Corda) {  // B C = Vt with C = G G^T
+    cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, r, K, 1.f, c.G.data(), K, B.data(), K);
+    cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, r, K, 1.f, c.G.data(), K, B.data(), K);
+  }
+}
+
+struct Problem {
+  const std::string& name;
+  const Tensor& W;
+  const std::vector<float>& bias;
+  const Tensor& X;
+  std::vector<double> Yref;  // X W^T + b on the sample
+  double refNorm = 0;
+  int64_t N, K, Kp;
+  QuantPrecision precision;
+};
+
+struct Candidate {
+  W4A4Weights w;
+  std::vector<float> What;  // smoothed weight [N, K]
+  std::vector<float> Leff;  // effective low-rank product in smoothed space [N, K] (empty: r = 0)
+  double err = std::numeric_limits<double>::infinity();
+};
+
+// Fake-quant forward of a candidate on the sample (dequantized float math, same values as the
+// integer kernel up to summation order) -> relative error.
+double score(const Problem& P, const W4A4Weights& w) {
+  W4A4Linear layer(w);
+  const int64_t S = P.X.size(0);
+  // Use the true integer kernel: sample sizes are small and it is the arithmetic that will run.
+  std::vector<float> y(static_cast<size_t>(S * P.N));
+  layer.forward(P.X.ptr(), S, y.data());
+  double e = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    if (!std::isfinite(y[i])) return std::numeric_limits<double>::infinity();
+    const double d = y[i] - P.Yref[i];
+    e += d * d;
+  }
+  return std::sqrt(e) / std::max(P.refNorm, 1e-30);
+}
+
+// Builds the stored layer for smoothing lambda, low-rank factors (A, B in smoothed space) and shift.
+Candidate build(const Problem& P, const std::vector<float>& lambda, const std::vector<float>& What,
+                const std::vector<float>* A, const std::vector<float>* B, int64_t r, float shift) {
+  const int64_t N = P.N, K = P.K, Kp = P.Kp;
+  Candidate c;
+  W4A4Weights& w = c.w;
+  w.in = K, w.out = N, w.inPadded = Kp, w.precision = P.precision, w.smooth = lambda, w.actShift = shift;
+  c.What = What;
+  std::vector<float> R(static_cast<size_t>(N * Kp), 0.f);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) R[n * Kp + k] = What[n * K + k];
+  if (r > 0) {
+    // The stored factors are BF16 and lora_down acts on the raw input: round exactly as stored and
+    // take the residual against what the kernel will really add.
+    w.loraUp = Tensor({N, r});
+    w.loraDown = Tensor({r, K});
+    for (int64_t i = 0; i < N * r; ++i) w.loraUp.data[i] = roundBf16((*A)[i]);
+    for (int64_t j = 0; j < r; ++j)
+      for (int64_t k = 0; k < K; ++k) w.loraDown.data[j * K + k] = roundBf16((*B)[j * K + k] / lambda[k]);
+    std::vector<float> Bs(static_cast<size_t>(r * K));
+    for (int64_t j = 0; j < r; ++j)
+      for (int64_t k = 0; k < K; ++k) Bs[j * K + k] = w.loraDown.data[j * K + k] * lambda[k];
+    c.Leff.assign(static_cast<size_t>(N * K), 0.f);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, r, 1.f, w.loraUp.ptr(), r, Bs.data(), K, 0.f,
+                c.Leff.data(), K);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) R[n * Kp + k] -= c.Leff[n * K + k];
+  }
+  w.qweight.resize(static_cast<size_t>(N * Kp / 2));
+  std::vector<float> deq(R.size());
+  if (P.precision == QuantPrecision::Int4) {
+    std::vector<int8_t> q(R.size());
+    w.wscales.resize(static_cast<size_t>(N * Kp / kInt4Group));
+    quantizeInt4(R.data(), N, Kp, q.data(), w.wscales.data());
+    packNibbles(q.data(), N * Kp, w.qweight.data());
+    dequantizeInt4(q.data(), w.wscales.data(), N, Kp, deq.data());
+  } else {
+    std::vector<uint8_t> q(R.size());
+    w.wscales8.resize(static_cast<size_t>(N * Kp / kFp4Group));
+    w.wtscale = nvfp4TensorScale(R.data(), N * Kp);
+    quantizeNvfp4(R.data(), N, Kp, w.wtscale, q.data(), w.wscales8.data());
+    packNibbles(reinterpret_cast<const int8_t*>(q.data()), N * Kp, w.qweight.data());
+    dequantizeNvfp4(q.data(), w.wscales8.data(), w.wtscale, N, Kp, deq.data());
+  }
+  if (shift > 0) {
+    // x̂ = (x + shift)/λ feeds only the residual GEMM: remove shift * sum_k deq(R)[n,k]/λ_k from the bias.
+    w.bias.assign(static_cast<size_t>(N), 0.f);
+    for (int64_t n = 0; n < N; ++n) {
+      double comp = 0;
+      for (int64_t k = 0; k < K; ++k) comp += static_cast<double>(deq[n * Kp + k]) / lambda[k];
+      w.bias[n] = static_cast<float>((P.bias.empty() ? 0.0 : P.bias[n]) - shift * comp);
+    }
+  } else if (!P.bias.empty()) {
+    w.bias.resize(P.bias.size());
+    for (size_t i = 0; i < P.bias.size(); ++i) w.bias[i] = roundBf16(P.bias[i]);
+  }
+  c.err = score(P, w);
+  return c;
+}
+
+std::vector<float> smoothingFactors(const LayerCalib& cal, const Tensor& W, double a, double b) {
+  const int64_t N = W.size(0), K = W.size(1);
+  std::vector<float> wmax(static_cast<size_t>(K), 0.f), lam(static_cast<size_t>(K));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t k = 0; k < K; ++k) wmax[k] = std::max(wmax[k], std::fabs(W.data[n * K + k]));
+  for (int64_t k = 0; k < K; ++k) {
+    const double xa = std::max<double>(cal.absmax[k], 1e-5), wb = std::max<double>(wmax[k], 1e-5);
+    const double l = std::pow(xa, a) / std::pow(wb, b);
+    lam[k] = roundBf16(static_cast<float>(std::clamp(l, 1e-4, 1e4)));  // the kernel divides by the BF16 value
+  }
+  return lam;
+}
+
+std::string fmt(double v) {
+  char b[16];
+  std::snprintf(b, sizeof b, "%.2f", v);
+  return b;
+}
+
+}  // namespace
+
+double layerRelError(const Linear& layer, const Tensor& W, const std::vector<float>& bias, const Tensor& X) {
+  const int64_t S = X.size(0), K = W.size(1), N = W.size(0);
+  std::vector<float> y(static_cast<size_t>(S * N)), ref(static_cast<size_t>(S * N));
+  layer.forward(X.ptr(), S, y.data());
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, N, K, 1.f, X.ptr(), K, W.ptr(), K, 0.f, ref.data(), N);
+  double e = 0, t = 0;
+  for (int64_t i = 0; i < S * N; ++i) {
+    const double r = ref[i] + (bias.empty() ? 0.f : bias[i % N]);
+    e += (y[i] - r) * (y[i] - r);
+    t += r * r;
+  }
+  return std::sqrt(e / std::max(t, 1e-30));
+}
+
+LayerQuantResult quantizeW4A4Layer(const std::string& name, const Tensor& W, const std::vector<float>& bias,
+                                   const LayerCalib& cal, const LayerQuantOptions& opt) {
+  if (W.shape.size() != 2) throw Error(name + ": weight shape " + shapeString(W.shape) + " is not 2-D");
+  const int64_t N = W.size(0), K = W.size(1);
+  for (int64_t i = 0; i < W.numel(); ++i)
+    if (!std::isfinite(W.data[i])) throw Error(name + ".weight: non-finite value at flat index " + std::to_string(i));
+  if (!bias.empty() && static_cast<int64_t>(bias.size()) != N)
+    throw Error(name + ".bias: " + std::to_string(bias.size()) + " values for " + std::to_string(N) + " outputs");
+  if (static_cast<int64_t>(cal.absmax.size()) != K || cal.sample.shape.size() != 2 || cal.sample.size(1) != K ||
+      cal.sample.size(0) < 1)
+    throw Error(name + ": calibration data " + shapeString(cal.sample.shape) + " does not fit in-features " +
+                std::to_string(K));
+  const bool useRank = opt.method == QuantMethod::SVDQuant || opt.method == QuantMethod::LowRank;
+  const int64_t r = useRank ? opt.rank : 0;
+  if (useRank && (r < 1 || r > std::min(N, K)))
+    throw Error(name + ": rank " + std::to_string(r) + " is out of range for a [" + std::to_string(N) + ", " +
+                std::to_string(K) + "] layer (1.." + std::to_string(std::min(N, K)) + ")");
+  const int64_t G = groupOf(opt.precision);
+  Problem P{name, W, bias, cal.sample, {}, 0, N, K, (K + G - 1) / G * G, opt.precision};
+  {
+    const int64_t S = cal.sample.size(0);
+    std::vector<float> y(static_cast<size_t>(S * N));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, N, K, 1.f, cal.sample.ptr(), K, W.ptr(), K, 0.f, y.data(), N);
+    P.Yref.resize(y.size());
+    double t = 0;
+    for (size_t i = 0; i < y.size(); ++i) {
+      P.Yref[i] = y[i] + (bias.empty() ? 0.0 : bias[i % N]);
+      t += P.Yref[i] * P.Yref[i];
+    }
+    P.refNorm = std::sqrt(t);
+  }
+
+  LowRankCtx lr{opt.lowrank, r, &cal.sample, opt.damp, name, {}, {}};
+  // One candidate per smoothing: the plain top-r factors of Ŵ (no refinement yet).
+  auto candidateFor = [&](const std::vector<float>& lam) {
+    std::vector<float> What(W.data);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) What[n * K + k] *= lam[k];
+    std::vector<float> A, B;
+    if (r > 0) {
+      prepareLowRank(lr, lam);
+      lowRank(lr, What, N, K, A, B);
+    }
+    return build(P, lam, What, &A, &B, r, 0.f);
+  };
+
+  std::vector<std::pair<double, double>> grid;  // (a, b); a < 0 marks "no smoothing"
+  grid.push_back({-1, 0});
+  if (opt.method == QuantMethod::SVDQuant || opt.method == QuantMethod::SmoothQuant) {
+    const double step = opt.gridStep > 0 ? opt.gridStep : 0.05;
+    for (double a = step; a < 1.0 - 1e-9; a += step) {
+      grid.push_back({a, 0});
+      grid.push_back({a, 1 - a});
+    }
+  }
+  LayerQuantResult res;
+  Candidate best;
+  std::vector<float> bestLam;
+  std::string bestName;
+  for (size_t i = 0; i < grid.size(); ++i) {
+    auto [a, b] = grid[i];
+    std::vector<float> lam = a < 0 ? std::vector<float>(static_cast<size_t>(K), 1.f) : smoothingFactors(cal, W, a, b);
+    Candidate c = candidateFor(lam);
+    if (i == 0) res.naiveRelError = c.err;
+    if (c.err < best.err) {
+      best = std::move(c);
+      bestLam = lam;
+      bestName = a < 0 ? "none" : "a=" + fmt(a) + ",b=" + fmt(b);
+    }
+  }
+  if (!std::isfinite(best.err)) throw Error(name + ": every quantization candidate produced non-finite outputs");
+
+  // Refinement: L_{k+1} = lowrank(Ŵ - Q(Ŵ - L_k)), keeping the best iterate, stopping when it gets worse.
+  if (r > 0 && opt.refineIters > 0) {
+    prepareLowRank(lr, bestLam);
+    Candidate cur = best;
+    for (int it = 0; it < opt.refineIters; ++it) {
+      std::vector<float> R(static_cast<size_t>(N * P.Kp), 0.f);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) R[n * P.Kp + k] = cur.What[n * K + k] - cur.Leff[n * K + k];
+      std::vector<float> QR = fakeQuantWeight(R, N, P.Kp, opt.precision);
+      std::vector<float> T(cur.What);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) T[n * K + k] -= QR[n * P.Kp + k];
+      std::vector<float> A, B;
+      lowRank(lr, T, N, K, A, B);
+      Candidate next = build(P, bestLam, cur.What, &A, &B, r, 0.f);
+      if (!(next.err < best.err)) break;
+      best = next;
+      cur = std::move(next);
+      res.refineSteps = it + 1;
+    }
+  }
+
+  // GELU inputs: shifted unsigned activations use all 16 levels on a one-sided range; keep them if they win.
+  if (opt.tryUnsignedShift) {
+    float mn = 0.f;
+    for (float v : cal.sample.data) mn = std::min(mn, v);
+    if (mn >= -kGeluShift && opt.precision == QuantPrecision::Int4) {
+      std::vector<float> A, B;
+      const std::vector<float>* pa = nullptr;
+      const std::vector<float>* pb = nullptr;
+      if (r > 0) {
+        // Recover the stored factors in smoothed space (A = lora_up, B = lora_down * λ).
+        A = best.w.loraUp.data;
+        B.resize(static_cast<size_t>(r * K));
+        for (int64_t j = 0; j < r; ++j)
+          for (int64_t k = 0; k < K; ++k) B[j * K + k] = best.w.loraDown.data[j * K + k] * bestLam[k];
+        pa = &A, pb = &B;
+      }
+      Candidate u = build(P, bestLam, best.What, pa, pb, r, kGeluShift);
+      if (u.err < best.err) best = std::move(u);
+    }
+  }
+  res.weights = std::move(best.w);
+  res.relError = best.err;
+  res.smoothing = bestName;
+  return res;
+}
+
+W4A16Weights quantizeW4A16Layer(const std::string& name, const Tensor& W, const std::vector<float>& bias) {
+  if (W.shape.size() != 2) throw Error(name + ": weight shape " + shapeString(W.shape) + " is not 2-D");
+  const int64_t N = W.size(0), K = W.size(1);
+  if (K % kInt4Group) throw Error(name + ": in-features " + std::to_string(K) + " is not a multiple of 64 (W4A16)");
+  for (int64_t i = 0; i < W.numel(); ++i)
+    if (!std::isfinite(W.data[i])) throw Error(name + ".weight: non-finite value at flat index " + std::to_string(i));
+  const int64_t G = K / kInt4Group;
+  W4A16Weights w;
+  w.in = K, w.out = N;
+  w.wscales.resize(static_cast<size_t>(N * G));
+  w.wzeros.resize(static_cast<size_t>(N * G));
+  std::vector<int8_t> q(static_cast<size_t>(N * K));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t g = 0; g < G; ++g) {
+      const float* v = W.ptr() + n * K + g * kInt4Group;
+      float lo = v[0], hi = v[0];
+      for (int j = 1; j < kInt4Group; ++j) lo = std::min(lo, v[j]), hi = std::max(hi, v[j]);
+      const float s = roundBf16((hi - lo) / 15.f), z = roundBf16(lo);
+      w.wscales[n * G + g] = s;
+      w.wzeros[n * G + g] = z;
+      for (int j = 0; j < kInt4Group; ++j)
+        q[n * K + g * kInt4Group + j] =
+            static_cast<int8_t>(s > 0 ? std::clamp(std::nearbyint((v[j] - z) / s), 0.f, 15.f) : 0.f);
+    }
+  w.qweight.resize(static_cast<size_t>(N * K / 2));
+  packNibbles(q.data(), N * K, w.qweight.data());
+  for (float b : bias) w.bias.push_back(roundBf16(b));
+  return w;
+}
+
+}  // namespace svdq

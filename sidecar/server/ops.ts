@@ -63,13 +63,13 @@ async function runJob<T>(
   work: (signal: AbortSignal, progress: Progress) => Promise<T>,
   shape: (r: T) => Record<string, unknown>,
 ): Promise<OpResult> {
-  const job = s.jobs.start(kind, ({ signal, progress }) => work(signal, progress));
+  const job = s.jobs.start(kind, async ({ signal, progress }) => shape(await work(signal, progress)));
   if (ctx.detachJobs) return { result: { job: job.id }, status: 202 };
   const off = ctx.progress ? s.jobs.onProgress(job.id, (p) => ctx.progress!(p.done, p.total, p.stage)) : () => {};
   const onAbort = () => s.jobs.cancel(job.id, ctx.signal.reason instanceof Error ? ctx.signal.reason : new ApiError('cancelled', 'cancelled'));
   ctx.signal.addEventListener('abort', onAbort, { once: true });
   try {
-    return { result: { ...shape(await job.promise), job: job.id } };
+    return { result: { ...(await job.promise), job: job.id } };
   } finally {
     off();
     ctx.signal.removeEventListener('abort', onAbort);

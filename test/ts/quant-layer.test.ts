@@ -1,0 +1,107 @@
+// One quantized layer: its CPU forward against a float64 reference built from its stored parts, the
+// method ordering on a layer with activation outliers, and clear errors for bad input.
+import test from 'ava';
+import { quantNative as q } from '../../sidecar/quant/native.ts';
+import type { QuantizedLayerParts } from '../../sidecar/quant/native.ts';
+import { matmulNT, outlierLayer, refQuantInt4, refUnpack, relErr } from './helpers/quant-ref.ts';
+
+const N = 96, K = 256, S = 128;
+const layer = outlierLayer(N, K, S, 7);
+const bias = new Float32Array(N).map((_, i) => 0.01 * (i % 7));
+
+// y = deq(Q((x + shift)/smooth)) . deq(R)^T + bias + (x . down^T) . up^T, in float64 from the parts.
+function reference(p: QuantizedLayerParts, x: Float32Array, M: number): Float64Array {
+  const Kp = p.inPadded;
+  const xs = new Float32Array(M * Kp);
+  for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) xs[m * Kp + k] = Math.fround((x[m * K + k] + p.actShift) / p.smooth[k]);
+  const a = refQuantInt4(xs, M, Kp, p.actShift > 0);
+  const qa = new Float64Array(M * Kp).map((_, i) => a.q[i] * a.scales[Math.floor(i / 64)]);
+  const qwI = refUnpack(p.qweight, N * Kp, true);
+  const qw = new Float64Array(N * Kp).map((_, i) => qwI[i] * p.wscales[Math.floor(i / 64)]);
+  const y = matmulNT(qa, qw, M, N, Kp);
+  const r = p.rank;
+  if (r > 0) {
+    const t = matmulNT(x, p.loraDown, M, r, K);
+    const l = matmulNT(t, p.loraUp, M, N, r);
+    for (let i = 0; i < y.length; i++) y[i] += l[i];
+  }
+  if (p.bias.length) for (let i = 0; i < y.length; i++) y[i] += p.bias[i % N];
+  return y;
+}
+
+test('W4A4 INT4 layer forward equals the float64 dequantized reference from its stored parts', (t) => {
+  const M = 9;
+  const x = outlierLayer(N, K, M, 99).X;
+  const p = q.quantizeLayer({ W: layer.W, N, K, bias, sample: layer.X, S, x, M, rank: 16, refine: 3 });
+  t.is(p.kind, 'svdq-int4-r16');
+  t.is(p.loraDown.length, 16 * K);
+  t.true(p.smooth.every((v) => v > 0));
+  const e = relErr(p.y!, reference(p, x, M));
+  t.true(e < 1e-5, `kernel vs reference ${e}`);
+});
+
+test('unsigned shifted activations (GELU inputs): forward equals the reference, bias carries the compensation', (t) => {
+  // A GELU-like input: bounded below by -0.17.
+  const X = layer.X.map((v) => Math.max(v * 0.3, -0.17));
+  const M = 6;
+  const x = X.slice(0, M * K);
+  const p = q.quantizeLayer({ W: layer.W, N, K, bias, sample: X, S, x, M, rank: 16, refine: 0, unsignedShift: true, gridStep: 0.25 });
+  t.true(relErr(p.y!, reference(p, x, M)) < 1e-5);
+  if (p.actShift > 0) t.is(p.actShift, 0.171875);
+  t.log(`kind ${p.kind}, shift ${p.actShift}, sample error ${p.sampleRelError.toFixed(4)}`);
+  t.true(p.sampleRelError < 0.2);
+});
+
+test('on outlier activations SVDQuant beats SmoothQuant and naive W4A4; refinement does not hurt', (t) => {
+  const run = (o: Partial<Parameters<typeof q.quantizeLayer>[0]>) =>
+    q.quantizeLayer({ W: layer.W, N, K, bias, sample: layer.X, S, rank: 16, gridStep: 0.1, ...o }).sampleRelError;
+  const naive = run({ method: 'naive' });
+  const smooth = run({ method: 'smoothquant' });
+  const lowrank = run({ method: 'lowrank' });
+  const svdq0 = run({ method: 'svdquant', refine: 0 });
+  const svdq = run({ method: 'svdquant', refine: 8 });
+  const whiten = run({ method: 'svdquant', lowrank: 'whiten' });
+  const corda = run({ method: 'svdquant', lowrank: 'corda' });
+  const fp4 = run({ method: 'svdquant', precision: 'nvfp4' });
+  const w4a16 = run({ method: 'w4a16' });
+  t.log({ naive, smooth, lowrank, svdq0, svdq, whiten, corda, fp4, w4a16 });
+  for (const v of [naive, smooth, lowrank, svdq0, svdq, whiten, corda, fp4, w4a16]) t.true(Number.isFinite(v));
+  t.true(svdq < 0.7 * naive, 'clearly better than naive');
+  t.true(svdq < 0.9 * smooth, 'clearly better than SmoothQuant');
+  t.true(svdq <= svdq0 * (1 + 1e-9), 'refinement keeps the best iterate');
+  t.true(w4a16 < naive, 'weight-only is easier than W4A4');
+});
+
+test('NVFP4 layer: finite, close to the 16-bit output on held-out rows', (t) => {
+  const M = 16;
+  const x = outlierLayer(N, K, M, 123).X;
+  const p = q.quantizeLayer({ W: layer.W, N, K, bias, sample: layer.X, S, x, M, rank: 16, precision: 'nvfp4', gridStep: 0.2 });
+  t.is(p.kind, 'svdq-nvfp4-r16');
+  t.is(p.wscales8.length, N * (K / 16));
+  const ref = matmulNT(x, layer.W, M, N, K).map((v, i) => v + bias[i % N]);
+  const e = relErr(p.y!, ref);
+  t.true(e < 0.15, `held-out error ${e}`);
+});
+
+test('in-features not a multiple of 64 are zero-padded (and still correct)', (t) => {
+  const K2 = 200, M = 4;
+  const l = outlierLayer(32, K2, 64, 5);
+  const x = l.X.slice(0, M * K2);
+  const p = q.quantizeLayer({ W: l.W, N: 32, K: K2, sample: l.X, S: 64, x, M, rank: 8, gridStep: 0.25 });
+  t.is(p.inPadded, 256);
+  t.is(p.qweight.length, 32 * 128);
+  const ref = matmulNT(x, l.W, M, 32, K2);
+  t.true(relErr(p.y!, ref) < 0.2);
+});
+
+test('bad layer input gives clear errors', (t) => {
+  const base = { W: layer.W, N, K, sample: layer.X, S };
+  t.throws(() => q.quantizeLayer({ ...base, rank: 97 }), { message: /rank 97 is out of range for a \[96, 256\] layer \(1..96\)/ });
+  const bad = layer.W.slice();
+  bad[300] = Number.NaN;
+  t.throws(() => q.quantizeLayer({ ...base, W: bad }), { message: /layer\.weight: non-finite value at flat index 300/ });
+  t.throws(() => q.quantizeLayer({ ...base, sample: layer.X.slice(0, 1000), S: 20 }), {
+    message: /sample: 1000 values, expected 5120/,
+  });
+  t.throws(() => q.quantizeLayer({ ...base, precision: 'fp3' as 'int4' }), { message: /unknown precision 'fp3'/ });
+});

@@ -234,7 +234,7 @@ test('content-hash cache: put_tensor then {ref} gives the same result as inline'
   c.close();
 });
 
-test('50 concurrent forwards over 5 connections each get their own correct reply', async (t) => {
+test.serial('50 concurrent forwards over 5 connections each get their own correct reply', async (t) => {
   const n = 50;
   const ins = Array.from({ length: n }, (_, i) => inputs(100 + i));
   const want: TensorData[] = [];
@@ -300,7 +300,7 @@ test('REST models and paths', async (t) => {
   t.is((await rest('/v1/nothing')).status, 404);
 });
 
-test('cancellation: a queued forward is dropped, a running one is aborted; the model stays usable', async (t) => {
+test.serial('cancellation: a queued forward is dropped, a running one is aborted; the model stays usable', async (t) => {
   const c = await connect();
   const big = inputs(6, 64, 64); // slow enough to still be running when the cancel arrives
   const first = c.call('forward', { model }, asArgs(big));
@@ -327,7 +327,7 @@ test('cancellation: a queued forward is dropped, a running one is aborted; the m
   c.close();
 });
 
-test('a client that disconnects mid-request does not leave the model locked', async (t) => {
+test.serial('a client that disconnects mid-request does not leave the model locked', async (t) => {
   const a = await connect();
   const big = inputs(8, 64, 64);
   for (let i = 0; i < 4; i++) void a.call('forward', { model }, asArgs(big));

@@ -35,3 +35,8 @@ class Linear {
 };
 
 }  // namespace svdq
+
+namespace svdq {
+// Adds every LoRA attached to `layer` to y: y += scale * (x A^T) B^T on the raw input x [M, in].
+void applyLoras(const Linear& layer, const float* x, int64_t M, float* y);
+}  // namespace svdq

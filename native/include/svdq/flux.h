@@ -1,0 +1,90 @@
+// The FLUX transformer (double- and single-stream blocks, RoPE, adaLN) on the CPU reference backend,
+// with ComfyUI's forward convention. Configuration is read from the checkpoint's shapes; BFL,
+// ComfyUI-prefixed and diffusers key names load. Every linear is an svdq::Linear under its BFL name.
+#pragma once
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "svdq/linear.h"
+#include "svdq/safetensors.h"
+
+namespace svdq {
+
+struct FluxConfig {
+  int64_t inChannels = 0;   // latent channels C (img_in sees 4C after 2x2 patchify)
+  int64_t outChannels = 0;
+  int64_t hidden = 0;
+  int64_t numHeads = 0;
+  int64_t headDim = 0;      // from the QK-norm scale's length
+  int64_t depthDouble = 0;
+  int64_t depthSingle = 0;
+  int64_t contextDim = 0;
+  int64_t vecDim = 0;
+  int64_t mlpHidden = 0;
+  bool qkvBias = true;
+  bool guidanceEmbed = false;
+  std::vector<int> axesDim;  // RoPE split of headDim over (index, row, column)
+  float theta = 10000.f;
+  int64_t patch = 2;
+};
+
+// FLUX's [16, 56, 56] for head dim 128; otherwise the spatial axes get round(56 h / 128) rounded
+// to even and the first axis the rest. Throws when no such split exists.
+std::vector<int> defaultRopeAxes(int64_t headDim);
+
+// Reads the configuration from a file's shapes (any supported key format) and checks that every
+// tensor the model needs is present with the shape the configuration implies.
+FluxConfig readFluxConfig(const SafetensorsFile& file, const std::optional<std::vector<int>>& axes = std::nullopt);
+
+struct FluxLoadOptions {
+  std::optional<std::vector<int>> axesDim;
+  size_t memoryLimitBytes = 0;  // 0 = no limit; a forward that would exceed it fails with "out of memory"
+};
+
+struct FluxInputs {
+  Tensor x;                  // [B, C, H, W]
+  Tensor timestep;           // [B], 0..1 (ComfyUI's sigma)
+  Tensor context;            // [B, T, contextDim]
+  Tensor y;                  // [B, vecDim]
+  std::optional<Tensor> guidance;  // [B]
+};
+
+struct ForwardHooks {
+  // Sees the input of every linear (the quantizer calibrates with it): layer name, x [M, K].
+  std::function<void(const std::string& layer, const float* x, int64_t M, int64_t K)> onLinearInput;
+  const std::atomic<int>* cancel = nullptr;  // non-zero: stop at the next block with Error("cancelled")
+};
+
+class FluxModel {
+ public:
+  static std::unique_ptr<FluxModel> load(const std::string& path, const FluxLoadOptions& options = {});
+
+  const FluxConfig& config() const { return config_; }
+  const std::string& path() const { return path_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+
+  // Checks the inputs (names, dtypes already F32, shapes) and runs the model: returns [B, C, H, W].
+  Tensor forward(const FluxInputs& in, const ForwardHooks* hooks = nullptr) const;
+  // Activation bytes a forward of this size needs (what the memory limit is compared with).
+  size_t forwardBytes(int64_t batch, int64_t imageTokens, int64_t textTokens) const;
+
+  std::map<std::string, std::unique_ptr<Linear>> linears;  // BFL layer names without ".weight"
+  std::vector<std::string> linearNames() const;            // in execution order
+  Linear& linear(const std::string& name) const;
+  void replaceLinear(const std::string& name, std::unique_ptr<Linear> layer);
+  size_t weightBytes() const;
+  size_t memoryLimitBytes = 0;
+
+ private:
+  FluxConfig config_;
+  std::string path_;
+  std::map<std::string, std::string> metadata_;
+  std::map<std::string, Tensor> norms_;  // QK-norm scales under their BFL names
+};
+
+}  // namespace svdq

@@ -30,3 +30,20 @@ Napi::Object tensorToJs(Napi::Env env, const Tensor& t);  // F32
 // Converts any svdq::Error / std::exception into a JS Error and rethrows it there.
 [[noreturn]] void throwJs(Napi::Env env, const std::exception& e);
 }  // namespace svdq::binding
+
+#include <memory>
+#include <shared_mutex>
+
+namespace svdq {
+class FluxModel;
+}
+namespace svdq::binding {
+// A loaded model as the bindings share it: forwards hold `lock` shared, changes (LoRAs) exclusive.
+struct EngineHandle {
+  std::unique_ptr<FluxModel> model;
+  std::shared_mutex lock;
+  ~EngineHandle();
+};
+// The handle behind a JS Engine object, or nullptr when `v` is not one (or was disposed).
+std::shared_ptr<EngineHandle> engineFromJs(const Napi::Value& v);
+}  // namespace svdq::binding

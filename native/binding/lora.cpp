@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "binding.h"
+#include "svdq/flux.h"
 #include "svdq/lora.h"
 
 namespace svdq::binding {
@@ -63,6 +64,12 @@ ModelRef modelArg(const Napi::CallbackInfo& info) {
   if (info.Length() >= 1 && info[0].IsExternal()) {
     auto sp = *info[0].As<Napi::External<std::shared_ptr<ShapeModel>>>().Data();
     return {&sp->linears, &sp->lock, sp};
+  }
+  if (info.Length() >= 1) {
+    if (std::shared_ptr<EngineHandle> h = engineFromJs(info[0])) {
+      if (!h->model) throw Napi::Error::New(info.Env(), "the engine was disposed");
+      return {&h->model->linears, &h->lock, h};
+    }
   }
   throw Napi::TypeError::New(info.Env(), "expected an Engine (or a LoRA shape model) as first argument");
 }

@@ -1,0 +1,87 @@
+// The engine facade the rest of the sidecar uses: load a checkpoint, run forwards (cancellable),
+// manage LoRAs. Heavy work runs natively on worker threads; this file only adapts types.
+import { addon } from './addon.ts';
+import type { NativeEngine, NativeEngineInfo } from './addon.ts';
+import { LoraStack } from './lora.ts';
+import type { AddLoraResult, LoraInfo, LoraNative } from './lora.ts';
+import type { ForwardInputs, ForwardOptions, LoadOptions, TensorData } from './types.ts';
+
+export type EngineInfo = NativeEngineInfo;
+
+export class Engine {
+  private loras: LoraStack;
+
+  private constructor(private native: NativeEngine | undefined) {
+    const a = addon();
+    const self = () => this.live();
+    const lora: LoraNative = {
+      loraLayers: () => (a.loraLayers as (e: NativeEngine) => ReturnType<LoraNative['loraLayers']>)(self()),
+      attachLora: (id, layers, strength, file) =>
+        (a.attachLora as (e: NativeEngine, ...r: unknown[]) => Promise<number>)(self(), id, layers, strength, file),
+      setLoraStrength: (id, s) => (a.setLoraStrength as (e: NativeEngine, ...r: unknown[]) => Promise<number>)(self(), id, s),
+      removeLora: (id) => (a.removeLora as (e: NativeEngine, ...r: unknown[]) => Promise<number>)(self(), id),
+    };
+    this.loras = new LoraStack(lora, (path) => a.readSafetensors(path));
+  }
+
+  /** Loads (memory-maps and validates) a FLUX checkpoint, 16-bit or SVDQuant. */
+  static async load(path: string, opts: LoadOptions & { axesDim?: number[] } = {}): Promise<Engine> {
+    const a = addon();
+    return new Engine(new a.Engine(path, { axesDim: opts.axesDim, memoryLimitBytes: opts.memoryLimitBytes }));
+  }
+
+  private live(): NativeEngine {
+    if (!this.native) throw new Error('the engine was disposed');
+    return this.native;
+  }
+
+  info(): EngineInfo {
+    return this.live().info();
+  }
+
+  /** Runs the transformer: F32/BF16/F16 inputs, F32 output [B, C, H, W]. */
+  async forward(inputs: ForwardInputs, opts: ForwardOptions = {}): Promise<TensorData> {
+    const native = this.live();
+    const { signal } = opts;
+    if (signal?.aborted) throw abortError(signal);
+    const cancel = new Int32Array(new SharedArrayBuffer(4));
+    const onAbort = () => Atomics.store(cancel, 0, 1);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const { x, timestep, context, y, guidance } = inputs;
+      return await native.forward(guidance ? { x, timestep, context, y, guidance } : { x, timestep, context, y }, cancel);
+    } catch (e) {
+      if (signal?.aborted) throw abortError(signal);
+      throw e;
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  addLora(path: string, strength = 1): Promise<AddLoraResult> {
+    return this.loras.add(path, strength);
+  }
+  setLoraStrength(id: number, strength: number): Promise<void> {
+    return this.loras.setStrength(id, strength);
+  }
+  removeLora(id: number): Promise<void> {
+    return this.loras.remove(id);
+  }
+  listLoras(): LoraInfo[] {
+    return this.loras.list();
+  }
+  syncLoras(wanted: ReadonlyArray<{ path: string; strength: number }>): Promise<AddLoraResult[]> {
+    return this.loras.sync(wanted);
+  }
+
+  dispose(): void {
+    this.native?.dispose();
+    this.native = undefined;
+  }
+}
+
+function abortError(signal: AbortSignal): Error {
+  const e = new Error(`forward cancelled${signal.reason instanceof Error ? `: ${signal.reason.message}` : ''}`);
+  e.name = 'AbortError';
+  return e;
+}

@@ -4,12 +4,11 @@
 // measured around engine.forward, so the model's own speed drops out; a tiny model keeps it short.
 //   node --import tsx bench/channel.ts [--iters 20] [--inproc]
 // The sidecar runs as a child process (`svdq serve`) unless --inproc; the client is this process.
-import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { writeTinyFlux } from '../test/ts/helpers/tiny-flux.ts';
 import { ChannelClient, tensor } from '../sidecar/server/client.ts';
 import { packr, unpackr } from '../sidecar/server/channel.ts';
 import { startServer } from '../sidecar/server/server.ts';
@@ -19,9 +18,9 @@ const { values } = parseArgs({ options: { iters: { type: 'string', default: '20'
 const iters = Number(values.iters);
 const repo = join(import.meta.dirname, '..');
 const root = mkdtempSync(join(tmpdir(), 'svdq-bench-channel-'));
-mkdirSync(join(root, 'models'));
-const ckpt = join(root, 'models', 'tiny.safetensors');
-await writeTinyFlux(ckpt, { seed: 1, contextInDim: 4096, vecInDim: 768, inChannels: 16 });
+// FLUX.1's input widths (16 latent channels, 4096 context, 768 vector) on a one-block-each model.
+execFileSync('python3', [join(repo, 'tools', 'fixtures', 'make_tiny_flux.py'), join(root, 'models'), '--dtype', 'f32', '--hidden', '64',
+  '--heads', '2', '--depth', '1', '--single', '1', '--guidance', '--in-channels', '16', '--context', '4096', '--vec', '768', '--seed', '1'], { stdio: 'pipe' });
 const token = 'bench-token-0123456789abcdef0123';
 
 let url: string;
@@ -53,7 +52,7 @@ if (values.inproc) {
 }
 
 const c = await ChannelClient.connect(url, { token });
-const m = await c.request('load', { path: 'tiny.safetensors' });
+const m = await c.request('load', { path: 'model.safetensors' });
 const cfg = m.result.config as Record<string, unknown>;
 const model = m.result.model as string;
 const rnd = (n: number) => Float32Array.from({ length: n }, () => Math.random() * 2 - 1);
@@ -84,7 +83,7 @@ async function measure(name: string, once: () => Promise<{ engineMs: number; out
 }
 
 const wsArgs = { model, x, context: { ref: hash }, ...small };
-const results = [];
+const results: Array<Record<string, number | string>> = [];
 results.push(await measure('ws (msgpack, context by ref)', async () => {
   const r = await c.request('forward', wsArgs);
   return { engineMs: r.result.engine_ms as number, out: r.tensors.out };

@@ -11,7 +11,8 @@ import { loraApiError } from './lora-ops.ts';
 export interface EngineInfo {
   config: Record<string, unknown>;
   weightBytes: number;
-  layers: number;
+  /** The engine lists its linears; older facades gave a count. */
+  layers: number | unknown[];
   path: string;
 }
 
@@ -26,7 +27,7 @@ export interface EngineLike {
   addLora?(path: string, strength: number): Promise<{ id: number; patched: number; unmatched: Array<{ key: string; reason: string }>; formats: string[] }>;
   setLoraStrength?(id: number, strength: number): Promise<void>;
   removeLora?(id: number): Promise<void>;
-  listLoras?(): Array<Record<string, unknown>>;
+  listLoras?(): object[];
 }
 
 export interface ModelLoadOptions extends LoadOptions {
@@ -89,7 +90,7 @@ export class ModelRegistry {
   info(m: ModelEntry): ModelInfo {
     const i = m.engine.info();
     return {
-      model: m.id, path: m.path, config: i.config, weight_bytes: i.weightBytes, layers: i.layers,
+      model: m.id, path: m.path, config: i.config, weight_bytes: i.weightBytes, layers: Array.isArray(i.layers) ? i.layers.length : i.layers,
       device: m.device, precision: m.precision, queued: m.queue.waiting, running: m.queue.running,
     };
   }
@@ -139,8 +140,8 @@ export class ModelRegistry {
     const p = cfg(c, 'patchSize', 'patch_size') ?? 2;
     if (h % p || w % p) throw new ApiError('bad_tensor', `x: height ${h} and width ${w} must be multiples of the patch size ${p}`, 'x');
     expectTensor(inp.timestep, 'timestep', ['F32'], [b]);
-    expectTensor(inp.context, 'context', float, [b, 'T', cfg(c, 'contextInDim', 'context_in_dim') ?? 'D']);
-    expectTensor(inp.y, 'y', float, [b, cfg(c, 'vecInDim', 'vec_in_dim') ?? 'D']);
+    expectTensor(inp.context, 'context', float, [b, 'T', cfg(c, 'contextDim', 'contextInDim', 'context_in_dim') ?? 'D']);
+    expectTensor(inp.y, 'y', float, [b, cfg(c, 'vecDim', 'vecInDim', 'vec_in_dim') ?? 'D']);
     if (inp.guidance) expectTensor(inp.guidance, 'guidance', ['F32'], [b]);
     const needsGuidance = c.guidanceEmbed ?? c.guidance_embed;
     if (needsGuidance === true && !inp.guidance) {

@@ -42,9 +42,18 @@ const defaultLoader: EngineLoader = async (path, opts) => {
   return Engine.load(path, opts);
 };
 
+// Resolved at call time (not a static import) so the server builds and serves without the
+// quantizer module; a quantize request then fails with `unsupported` instead of the whole sidecar.
+const QUANTIZE_MODULE = '../quant/quantize.ts';
 const defaultQuantizer: Quantizer = async (opts, ctl) => {
-  const { quantizeCheckpoint } = await import('../quant/quantize.ts');
-  return quantizeCheckpoint(opts, ctl);
+  let mod: { quantizeCheckpoint?: Quantizer };
+  try {
+    mod = (await import(QUANTIZE_MODULE)) as { quantizeCheckpoint?: Quantizer };
+  } catch (e) {
+    throw new ApiError('unsupported', `quantization is not available in this build (${QUANTIZE_MODULE}: ${(e as Error).message})`);
+  }
+  if (typeof mod.quantizeCheckpoint !== 'function') throw new ApiError('unsupported', `${QUANTIZE_MODULE} has no quantizeCheckpoint()`);
+  return mod.quantizeCheckpoint(opts, ctl);
 };
 
 export async function startServer(o: ServeOptions): Promise<RunningServer> {

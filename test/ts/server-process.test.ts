@@ -1,11 +1,10 @@
 // `svdq serve` as a child process: prints its URL, writes the token file 0600, binds loopback, and on
 // SIGTERM fails in-flight and queued requests with a clear error, then exits 0.
 import test from 'ava';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, mkdirSync, statSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, statSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { writeTinyFlux } from './helpers/tiny-flux.ts';
 import { ChannelClient, tensor } from '../../sidecar/server/client.ts';
 
 const repo = join(import.meta.dirname, '..', '..');
@@ -32,8 +31,8 @@ function startServe(args: string[]): Promise<{ child: ChildProcess; url: string;
 test('svdq serve: token file 0600, loopback URL, SIGTERM fails in-flight work clearly and exits 0', async (t) => {
   const root = mkdtempSync(join(tmpdir(), 'svdq-serve-test-'));
   t.teardown(() => rmSync(root, { recursive: true, force: true }));
-  mkdirSync(join(root, 'models'));
-  await writeTinyFlux(join(root, 'models', 'tiny.safetensors'), { seed: 3 });
+  execFileSync('python3', [join(repo, 'tools', 'fixtures', 'make_tiny_flux.py'), join(root, 'models'),
+    '--dtype', 'f32', '--hidden', '64', '--heads', '2', '--depth', '1', '--single', '1', '--guidance', '--seed', '3'], { stdio: 'pipe' });
   const tokenFile = join(root, 'cfg', 'token');
   const { child, url, stderr } = await startServe(['--port', '0', '--models', join(root, 'models'), '--token-file', tokenFile, '--log-level', 'debug']);
   t.teardown(() => void child.kill('SIGKILL'));
@@ -45,11 +44,11 @@ test('svdq serve: token file 0600, loopback URL, SIGTERM fails in-flight work cl
   t.is((await fetch(url + '/v1/health', { headers: { authorization: `Bearer ${token}` } })).status, 200);
 
   const c = await ChannelClient.connect(url, { token });
-  const m = await c.request('load', { path: 'tiny.safetensors' });
+  const m = await c.request('load', { path: 'model.safetensors' });
   const cfg = m.result.config as Record<string, number | boolean>;
   const ch = (cfg.inChannels ?? cfg.in_channels) as number;
-  const ctx = (cfg.contextInDim ?? cfg.context_in_dim) as number;
-  const vec = (cfg.vecInDim ?? cfg.vec_in_dim) as number;
+  const ctx = (cfg.contextDim ?? cfg.context_in_dim) as number;
+  const vec = (cfg.vecDim ?? cfg.vec_in_dim) as number;
   const hw = 96; // big enough that the forward is still running when SIGTERM lands
   const args = {
     model: m.result.model,

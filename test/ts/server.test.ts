@@ -2,12 +2,12 @@
 // the problem while the connection stays usable), FIFO/concurrency, cancellation, disconnects,
 // REST forward, OpenAPI coverage. The engine is the real native engine on a random tiny FLUX.
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, symlinkSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { Engine } from '../../sidecar/engine/engine.ts';
-import { writeTinyFlux } from './helpers/tiny-flux.ts';
 import type { ForwardInputs, TensorData } from '../../sidecar/engine/types.ts';
 import { startServer, type RunningServer } from '../../sidecar/server/server.ts';
 import { ChannelClient, tensor, f32 } from '../../sidecar/server/client.ts';
@@ -77,9 +77,10 @@ const rest = (path: string, init: RequestInit = {}) =>
 
 test.before(async () => {
   root = mkdtempSync(join(tmpdir(), 'svdq-server-test-'));
-  mkdirSync(join(root, 'models'));
-  ckpt = join(root, 'models', 'tiny.safetensors');
-  await writeTinyFlux(ckpt, { seed: 7 });
+  // A random tiny FLUX (BFL keys, F32) from the shared fixture generator; the folder is the model folder.
+  execFileSync('python3', [join(import.meta.dirname, '..', '..', 'tools', 'fixtures', 'make_tiny_flux.py'), join(root, 'models'),
+    '--dtype', 'f32', '--hidden', '64', '--heads', '2', '--depth', '1', '--single', '1', '--guidance', '--seed', '7'], { stdio: 'pipe' });
+  ckpt = join(root, 'models', 'model.safetensors');
   writeFileSync(join(root, 'secret.safetensors'), 'outside');
   symlinkSync(join(root, 'secret.safetensors'), join(root, 'models', 'escape.safetensors'));
   const hdr = Buffer.from(JSON.stringify({ 'foo.weight': { dtype: 'F32', shape: [2], data_offsets: [0, 8] } }));
@@ -87,17 +88,17 @@ test.before(async () => {
   len.writeBigUInt64LE(BigInt(hdr.length));
   writeFileSync(join(root, 'models', 'notflux.safetensors'), Buffer.concat([len, hdr, Buffer.alloc(8)]));
   writeFileSync(join(root, 'models', 'corrupt.safetensors'), Buffer.from([8, 0, 0, 0, 0, 0, 0, 0, 123, 34, 120, 34]));
-  ref = await Engine.load(ckpt, { threads: 1 });
+  ref = await Engine.load(ckpt);
   const c = ref.info().config as Record<string, unknown>;
   cfg = {
     ch: num(c, 'inChannels', 'in_channels'),
-    ctx: num(c, 'contextInDim', 'context_in_dim'),
-    vec: num(c, 'vecInDim', 'vec_in_dim'),
+    ctx: num(c, 'contextDim', 'contextInDim', 'context_in_dim'),
+    vec: num(c, 'vecDim', 'vecInDim', 'vec_in_dim'),
     guidance: Boolean(c.guidanceEmbed ?? c.guidance_embed),
   };
   srv = await startServer({ port: 0, modelDirs: [join(root, 'models')], token: TOKEN, maxFrameBytes: MAX_FRAME, log: pino({ level: 'silent' }) });
   const c1 = await connect();
-  model = (await c1.request('load', { path: 'tiny.safetensors', threads: 1 })).result.model as string;
+  model = (await c1.request('load', { path: 'model.safetensors', threads: 1 })).result.model as string;
   c1.close();
 });
 
@@ -203,7 +204,7 @@ test('bad inputs each get an error naming the problem and the connection stays u
 
 test('engine out of memory (simulated cap) is an error; the model and the server stay usable', async (t) => {
   const c = await connect();
-  const small = await c.request('load', { path: 'tiny.safetensors', memory_limit_bytes: 4096, threads: 1 });
+  const small = await c.request('load', { path: 'model.safetensors', memory_limit_bytes: 4096, threads: 1 });
   const capped = small.result.model as string;
   t.not(capped, model);
   const good = inputs(3);
@@ -293,7 +294,7 @@ test('REST models and paths', async (t) => {
   t.is((await again.json()).model, model); // same checkpoint and options: the loaded model
   const outside = await rest('/v1/models', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ path: join(root, 'secret.safetensors') }) });
   t.is(outside.status, 403);
-  const extra = await rest('/v1/models', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ path: 'tiny.safetensors', colour: 'red' }) });
+  const extra = await rest('/v1/models', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ path: 'model.safetensors', colour: 'red' }) });
   t.is(extra.status, 400);
   t.is((await extra.json()).error.arg, 'colour');
   t.is((await rest('/v1/jobs/job-404')).status, 404);

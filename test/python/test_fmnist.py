@@ -104,3 +104,22 @@ def test_shipped_classifier_accuracy_matches_its_metadata():
         pred = clf(torch.tensor(x, dtype=torch.float32) / 255).argmax(1).numpy()
     acc = float((pred == y).mean())
     assert acc == pytest.approx(claimed, abs=1e-3) and acc >= 0.85
+
+
+@needs_data
+def test_shipped_model_samples_are_recognised_by_the_classifier():
+    """Issue 6's bar: BF16 samples (Euler, FLUX schedule, 20 steps, no CFG, fixed seed) are
+    classified as their class at >= 80%."""
+    from tools.flux_torch.model import load_reference
+    from tools.training.common import load_classifier
+    from tools.training.sample_fmnist import sample
+    torch.set_num_threads(2)
+    model = load_reference(os.path.join(MODEL_DIR, "model.safetensors"), dtype=torch.float32)
+    cond = load_file(os.path.join(MODEL_DIR, "conditioning.safetensors"))
+    clf = load_classifier(os.path.join(MODEL_DIR, "classifier.safetensors"))
+    labels = torch.arange(10).repeat(5)
+    imgs = fmnist.from_latent(sample(model, cond, labels, steps=20, cfg=1.0, seed=0))
+    with torch.no_grad():
+        pred = clf(torch.tensor(imgs, dtype=torch.float32) / 255).argmax(1)
+    acc = (pred == labels).float().mean().item()
+    assert acc >= 0.8, f"sample accuracy {acc:.2f} < 0.80"

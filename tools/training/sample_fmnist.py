@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
 from safetensors.torch import load_file
 
-from common import MODEL_DIR, flux_mu, flux_sigmas, load_classifier
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+from tools.training.common import MODEL_DIR, flux_mu, flux_sigmas, load_classifier  # noqa: E402
 from tools.flux_torch.model import load_reference
 from tools.training import fmnist
 

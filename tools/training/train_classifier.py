@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
 
-from common import MODEL_DIR, MLPClassifier  # noqa: E402  (common puts ROOT on sys.path)
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+from tools.training.common import MODEL_DIR, MLPClassifier  # noqa: E402
 from tools.training import fmnist
 
 

@@ -21,12 +21,14 @@ import copy
 import json
 import math
 import os
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from common import MODEL_DIR, flux_mu
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+from tools.training.common import MODEL_DIR, flux_mu  # noqa: E402
 from tools.flux_torch.model import Flux, FluxConfig
 from tools.training import fmnist
 
@@ -103,6 +105,8 @@ def main():
     ap.add_argument("--save-every", type=int, default=500)
     ap.add_argument("--out", default=MODEL_DIR)
     ap.add_argument("--log", default=None)
+    ap.add_argument("--init-from", default=None,
+                    help="warm start: a model dir written by this script (model + conditioning)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -119,6 +123,14 @@ def main():
     z_all = fmnist.to_latent(xs)          # [60000, 4, 16, 16]
     y_all = torch.tensor(ys)
     model, cond = build(a)
+    if a.init_from:
+        from safetensors.torch import load_file
+        sd = load_file(os.path.join(a.init_from, "model.safetensors"))
+        model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+        c = load_file(os.path.join(a.init_from, "conditioning.safetensors"))
+        with torch.no_grad():
+            cond.context.copy_(torch.cat([c["context"], c["context_uncond"]]))
+            cond.y.copy_(torch.cat([c["y"], c["y_uncond"]]))
     ema_model, ema_cond = copy.deepcopy(model), copy.deepcopy(cond)
     params = list(model.parameters()) + list(cond.parameters())
     n_params = sum(p.numel() for p in model.parameters())
@@ -151,7 +163,7 @@ def main():
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
-            d = min(a.ema, (1 + step) / (10 + step))
+            d = a.ema if a.init_from else min(a.ema, (1 + step) / (10 + step))
             for e, p in zip(list(ema_model.parameters()) + list(ema_cond.parameters()), params):
                 e.mul_(d).add_(p, alpha=1 - d)
         run_loss += loss.item()

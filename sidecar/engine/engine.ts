@@ -8,6 +8,8 @@ import type { ForwardInputs, ForwardOptions, LoadOptions, TensorData } from './t
 
 export type EngineInfo = NativeEngineInfo;
 
+const INPUT_NAMES = new Set(['x', 'timestep', 'context', 'y', 'guidance']);
+
 export class Engine {
   private loras: LoraStack;
 
@@ -42,6 +44,9 @@ export class Engine {
   /** Runs the transformer: F32/BF16/F16 inputs, F32 output [B, C, H, W]. */
   async forward(inputs: ForwardInputs, opts: ForwardOptions = {}): Promise<TensorData> {
     const native = this.live();
+    // A misspelt key (say 'guidence') would otherwise be dropped silently and change the result.
+    for (const k of Object.keys(inputs))
+      if (!INPUT_NAMES.has(k)) throw new Error(`forward: unknown input '${k}' (expected x, timestep, context, y, guidance)`);
     const { signal } = opts;
     if (signal?.aborted) throw abortError(signal);
     const cancel = new Int32Array(new SharedArrayBuffer(4));

@@ -28,11 +28,12 @@ CANCEL_GRACE_S = 10.0  # how long we wait for the sidecar to confirm a cancel
 class SidecarError(RuntimeError):
     """An error the sidecar reported; str() is the sidecar's own message."""
 
-    def __init__(self, message: str, code: str | None = None, op: str | None = None):
+    def __init__(self, message: str, code: str | None = None, op: str | None = None, arg: str | None = None):
         super().__init__(message)
         self.message = message
         self.code = code
         self.op = op
+        self.arg = arg
 
 
 class ConnectionLost(ConnectionError):
@@ -160,7 +161,7 @@ class Channel:
                         err = msg.get("error") or {}
                         if isinstance(err, str):
                             err = {"message": err}
-                        raise SidecarError(str(err.get("message", "unknown sidecar error")), err.get("code"), op)
+                        raise SidecarError(str(err.get("message", "unknown sidecar error")), err.get("code"), op, err.get("arg"))
                     result = msg.get("result") or {}
                     out = {k: tcodec.decode(v) for k, v in (msg.get("tensors") or {}).items()}
                     return result, out

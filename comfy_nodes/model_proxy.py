@@ -81,21 +81,20 @@ class SidecarModel:
         self._lock = threading.RLock()
 
     # -- state on the sidecar ---------------------------------------------------------------------
-    def ensure_loaded(self):
+    def ensure_loaded(self, force: bool = False):
         with self._lock:
-            if self.model_id is not None and self._generation == self.channel.generation:
+            if self.channel._ws is None:
+                self.channel._connect()  # first, so a restarted sidecar shows as a new generation
+            if not force and self.model_id is not None and self._generation == self.channel.generation:
                 return
             progress = self.progress_factory() if self.progress_factory else None
-            # A fresh connection may be a restarted sidecar: load again (the sidecar dedupes).
-            if self.channel._ws is None:
-                self.channel._connect()
+            # A new connection may be a restarted sidecar: load again (the sidecar dedupes).
             result, _ = self.channel.request("load", self.load_args, progress=progress)
             self.model_id = result.get("model")
             if self.model_id is None:
                 raise SidecarError(f"svdquant: sidecar 'load' reply has no model id: {result}")
             self.info = result
             self._generation = self.channel.generation
-            self._applied_loras = None
             self._sent_hashes = set()
 
     @property
@@ -114,10 +113,11 @@ class SidecarModel:
         return str(self.info.get("device") or self.load_args.get("device") or "cpu")
 
     def forward(self, tensors: dict, loras: list, extra_args: dict | None = None) -> torch.Tensor:
-        """One transformer evaluation; retried once on a fresh connection if the socket dropped."""
+        """One transformer evaluation. Retried once after a dropped connection (the sidecar may have
+        restarted) or when the sidecar no longer knows the model (unloaded by someone else)."""
         for attempt in (0, 1):
             try:
-                self.ensure_loaded()
+                self.ensure_loaded(force=attempt == 1)
                 args = {"model": self.model_id, "loras": loras}
                 if extra_args:
                     args.update(extra_args)
@@ -134,6 +134,9 @@ class SidecarModel:
                 return out["out"]
             except ConnectionLost:
                 if attempt == 1:
+                    raise
+            except SidecarError as e:
+                if attempt == 1 or not (e.code == "not_found" and e.arg == "model"):
                     raise
 
     def _by_ref(self, tensors: dict) -> dict:

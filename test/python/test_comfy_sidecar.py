@@ -67,15 +67,16 @@ def env(tmp_path_factory):
     for k, d in dirs.items():
         folder_paths.folder_names_and_paths[k] = ([str(d)], {".safetensors"})
 
-    from comfy_nodes import channel as chmod, sidecar_process as sp
+    if MODE == "comfyui":
+        # Load the package through ComfyUI's own loader and use the modules it loaded from then on.
+        import nodes
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+        assert asyncio.run(nodes.load_custom_node(REPO))
+    chmod, sp = _mod("channel"), _mod("sidecar_process")
     side = sp.Sidecar(model_dirs=[str(dirs["svdquant"]), str(dirs["diffusion_models"]), str(dirs["loras"])])
     ch = chmod.Channel(side)
     # The nodes use the process-wide default channel: point it at this sidecar.
     chmod._default_channel = ch
-    if MODE == "comfyui":
-        import nodes
-        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-        assert asyncio.run(nodes.load_custom_node(REPO))
     yield {"dirs": dirs, "channel": ch, "sidecar": side, "fixture": fx}
     ch.close()
     side.stop()
@@ -85,6 +86,17 @@ def env(tmp_path_factory):
             folder_paths.folder_names_and_paths.pop(k, None)
         else:
             folder_paths.folder_names_and_paths[k] = v
+
+
+def _mod(name):
+    """comfy_nodes.<name> as the nodes in use see it: under ComfyUI, the copy its loader imported."""
+    if MODE == "comfyui":
+        import importlib
+        import nodes
+        pkg = nodes.NODE_CLASS_MAPPINGS["SVDQuantModelLoader"].__module__.rsplit(".", 1)[0]
+        return importlib.import_module(f"{pkg}.{name}")
+    import importlib
+    return importlib.import_module(f"comfy_nodes.{name}")
 
 
 def _node(name):
@@ -120,7 +132,7 @@ def _inputs(b=1, h=8, w=8, t_len=7, seed=0):
 
 def test_sampling_through_wrapper_equals_direct_sidecar_calls(env):
     model = _load(env)
-    from comfy_nodes import model_proxy
+    model_proxy = _mod("model_proxy")
     sm = model_proxy.sidecar_model_of(model)
     noise, ctx, y, g = _inputs(b=2)
     lat = model.model.process_latent_in(torch.zeros_like(noise))
@@ -136,7 +148,7 @@ def test_sampling_through_wrapper_equals_direct_sidecar_calls(env):
 @pytest.mark.skipif(MODE != "comfyui", reason="needs a ComfyUI checkout (set COMFYUI_DIR)")
 def test_comfyui_ksampler_through_wrapper_equals_direct_sidecar_calls(env):
     model = _load(env)
-    from comfy_nodes import model_proxy
+    model_proxy = _mod("model_proxy")
     sm = model_proxy.sidecar_model_of(model)
     _noise, ctx, y, g = _inputs(b=1, t_len=9)
     got = ref.comfy_ksampler(model, seed=5, steps=3, context=ctx, y=y, guidance=3.5, latent_hw=(8, 8))
@@ -175,7 +187,7 @@ def test_lora_chaining(env):
     # The list rides with each clone: the base model is LoRA-free again, a is a again.
     assert torch.equal(_one_step(base, x, ctx, y, g), out_base)
     assert torch.equal(_one_step(a, x, ctx, y, g), out_a)
-    from comfy_nodes import model_proxy
+    model_proxy = _mod("model_proxy")
     d = env["dirs"]
     assert model_proxy.loras_of(ab) == [{"path": str(d["loras"] / "a.safetensors"), "strength": 0.8},
                                         {"path": str(d["loras"] / "b.safetensors"), "strength": -0.6}]
@@ -190,7 +202,7 @@ def test_lora_chaining(env):
 
 
 def test_sidecar_errors_surface_with_its_message(env):
-    from comfy_nodes.channel import SidecarError
+    SidecarError = _mod("channel").SidecarError
     # A corrupt checkpoint: the sidecar's parser error names the file.
     with pytest.raises(SidecarError) as e:
         _node("SVDQuantModelLoader").load("diffusion_models/broken.safetensors", "16-bit", "cpu")
@@ -242,8 +254,8 @@ def test_reconnects_after_sidecar_restart(env):
 
 def test_on_demand_quantization_reports_progress(env):
     import comfy.utils
-    from comfy_nodes import model_proxy
-    from comfy_nodes.channel import SidecarError
+    model_proxy = _mod("model_proxy")
+    SidecarError = _mod("channel").SidecarError
     seen = []
     old = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.PROGRESS_BAR_HOOK = lambda v, total, preview, node_id=None, **k: seen.append((v, total))
@@ -264,7 +276,7 @@ def test_on_demand_quantization_reports_progress(env):
 
 
 def test_quantize_node_writes_checkpoint_and_returns_model(env):
-    from comfy_nodes.channel import SidecarError
+    SidecarError = _mod("channel").SidecarError
     _n, ctx, y, _g = _inputs(b=2, t_len=5)
     cond = [[ctx, {"pooled_output": y, "guidance": 3.5}]]
     try:

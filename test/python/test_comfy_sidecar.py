@@ -289,3 +289,22 @@ def test_quantize_node_writes_checkpoint_and_returns_model(env):
     assert os.path.isfile(path) and path.startswith(str(env["dirs"]["svdquant"]))
     x, ctx1, y1, g = _inputs()
     assert torch.isfinite(_one_step(model, x, ctx1, y1, g)).all()
+
+
+def test_long_conditioning_goes_by_content_hash_and_survives_eviction(env):
+    """Text longer than 512 tokens; the context is uploaded once and sent as {ref} after that; when
+    the sidecar evicts it, the wrapper falls back to sending it inline. Outputs equal direct calls."""
+    model = _load(env)
+    sm = _mod("model_proxy").sidecar_model_of(model)
+    x, ctx, y, g = _inputs(b=2, t_len=600)
+    v = _direct(env, sm.model_id)
+    want = x - v(x, torch.full((2,), 0.6), ctx, y, g) * 0.6
+    sm._sent_hashes.clear()
+    first = _one_step(model, x, ctx, y, g)
+    assert len(sm._sent_hashes) == 1
+    (h,) = sm._sent_hashes
+    second = _one_step(model, x, ctx, y, g)
+    assert torch.equal(first, want) and torch.equal(second, want)
+    res, _ = env["channel"].request("drop_tensor", {"hash": h})
+    assert res["dropped"] is True
+    assert torch.equal(_one_step(model, x, ctx, y, g), want)

@@ -194,3 +194,49 @@ def test_comfyui_serves_the_workflows_as_templates(tmp_path):
         folder_paths.folder_names_and_paths["custom_nodes"] = saved
     assert sorted(listing["svdquant-comfy"]) == ["svdquant_flux_lora_stack", "svdquant_flux_quantize_on_demand", "svdquant_flux_text_to_image"]
     assert status == 200 and any(n["type"] == "SVDQuantLoraLoader" for n in body["nodes"])
+
+
+@pytest.mark.skipif(MODE != "comfyui", reason="needs a ComfyUI checkout (set COMFYUI_DIR)")
+@pytest.mark.parametrize("path", API_FILES, ids=os.path.basename)
+def test_comfyui_validate_prompt_accepts_api_workflow(path, tmp_path):
+    """ComfyUI's own prompt validation (what POST /prompt runs) accepts each API workflow, with
+    placeholder files for the model names the example uses."""
+    import asyncio
+    import execution
+    import folder_paths
+    import nodes
+    from conftest_comfy import REPO as repo
+    assert asyncio.run(nodes.load_custom_node(repo))
+    with open(path) as f:
+        api = json.load(f)
+    wanted = {"diffusion_models": set(), "svdquant": set(), "loras": set(), "text_encoders": set(), "vae": set()}
+    for node in api.values():
+        ins = node["inputs"]
+        if node["class_type"] == "SVDQuantModelLoader":
+            folder, _, name = ins["ckpt_name"].partition("/")
+            wanted[folder].add(name)
+        elif node["class_type"] == "SVDQuantLoraLoader":
+            wanted["loras"].add(ins["lora_name"])
+        elif node["class_type"] == "SVDQuantQuantize":
+            wanted["diffusion_models"].add(ins["source"])
+        elif node["class_type"] == "DualCLIPLoader":
+            wanted["text_encoders"] |= {ins["clip_name1"], ins["clip_name2"]}
+        elif node["class_type"] == "VAELoader":
+            wanted["vae"].add(ins["vae_name"])
+    saved = {k: folder_paths.folder_names_and_paths.get(k) for k in wanted}
+    try:
+        for folder, names in wanted.items():
+            d = tmp_path / folder
+            d.mkdir()
+            for n in names:
+                (d / n).write_bytes(b"")
+            folder_paths.folder_names_and_paths[folder] = ([str(d)], {".safetensors"})
+        folder_paths.filename_list_cache.clear()
+        ok, err, outputs, node_errors = asyncio.run(execution.validate_prompt("test", api, None))
+    finally:
+        for k, v in saved.items():
+            if v is not None:
+                folder_paths.folder_names_and_paths[k] = v
+        folder_paths.filename_list_cache.clear()
+    assert ok, f"{err} {node_errors}"
+    assert outputs

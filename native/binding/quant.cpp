@@ -315,6 +315,53 @@ Napi::Value QuantizeCheckpoint(const Napi::CallbackInfo& info) {
   return pr;
 }
 
+// compareModels(reference, candidates[], inputs?: path, randomSets?, seed?) -> Promise<number[]>
+class CompareWorker : public Napi::AsyncWorker {
+ public:
+  CompareWorker(Napi::Env env, std::string ref, std::vector<std::string> c, std::string in, int sets, uint64_t seed)
+      : Napi::AsyncWorker(env), ref_(std::move(ref)), c_(std::move(c)), in_(std::move(in)), sets_(sets), seed_(seed),
+        deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      out_ = compareModels(ref_, c_, in_, sets_, seed_);
+    } catch (const std::exception& e) {
+      SetError(e.what());
+    }
+  }
+  void OnOK() override {
+    Napi::Array a = Napi::Array::New(Env(), out_.size());
+    for (size_t i = 0; i < out_.size(); ++i) a.Set(static_cast<uint32_t>(i), Napi::Number::New(Env(), out_[i]));
+    deferred_.Resolve(a);
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  std::string ref_;
+  std::vector<std::string> c_;
+  std::string in_;
+  int sets_;
+  uint64_t seed_;
+  Napi::Promise::Deferred deferred_;
+  std::vector<double> out_;
+};
+
+Napi::Value CompareModels(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsArray())
+    throw Napi::TypeError::New(env, "compareModels(reference, candidates[], inputs?, randomSets?, seed?)");
+  std::vector<std::string> c;
+  Napi::Array a = info[1].As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); ++i) c.push_back(a.Get(i).ToString().Utf8Value());
+  std::string in = info.Length() > 2 && info[2].IsString() ? info[2].ToString().Utf8Value() : "";
+  int sets = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().Int32Value() : 2;
+  uint64_t seed = info.Length() > 4 && info[4].IsNumber() ? static_cast<uint64_t>(info[4].As<Napi::Number>().Int64Value()) : 99;
+  auto* w = new CompareWorker(env, info[0].ToString().Utf8Value(), std::move(c), std::move(in), sets, seed);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
 }  // namespace
 
 void registerQuant(Napi::Env env, Napi::Object exports) {
@@ -329,6 +376,7 @@ void registerQuant(Napi::Env env, Napi::Object exports) {
   q.Set("svd", Napi::Function::New(env, SvdTop));
   q.Set("quantizeLayer", Napi::Function::New(env, QuantizeLayer));
   q.Set("quantizeCheckpoint", Napi::Function::New(env, QuantizeCheckpoint));
+  q.Set("compareModels", Napi::Function::New(env, CompareModels));
   exports.Set("quant", q);
 }
 

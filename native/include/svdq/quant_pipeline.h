@@ -4,6 +4,7 @@
 #include <functional>
 #include <string>
 
+#include "svdq/flux.h"
 #include "svdq/quant_layer.h"
 
 namespace svdq {
@@ -25,5 +26,16 @@ using PipelineProgress = std::function<void(int64_t done, int64_t total, const s
 
 // Returns a JSON report (per layer kind, error, smoothing; totals). Throws svdq::Error on bad input.
 std::string quantizeCheckpoint(const PipelineOptions& opt, const PipelineProgress& progress);
+
+// Input sets {x, timestep, context, y[, guidance]} from a safetensors file (one set per batch element;
+// shapes checked against the model, errors name the file and tensor), or `randomSets` random ones
+// (latents 16x16, 32 text tokens) drawn with `seed` when path is empty. *source describes which.
+std::vector<FluxInputs> loadInputSets(const std::string& path, const FluxConfig& cfg, int randomSets, uint64_t seed,
+                                      std::string* source);
+
+// Whole-model output error of each candidate checkpoint against the reference on the same inputs:
+// ||out_c - out_ref|| / ||out_ref|| over all sets. Candidates are loaded one at a time.
+std::vector<double> compareModels(const std::string& reference, const std::vector<std::string>& candidates,
+                                  const std::string& inputs, int randomSets, uint64_t seed);
 
 }  // namespace svdq

@@ -118,42 +118,52 @@ class SVDQuantLoraLoader:
         return (model_proxy.with_lora(model, path, strength),)
 
 
-def _calibration_from_conditioning(conditioning, limit: int) -> dict:
-    """Text conditioning tensors to send as calibration inputs: context [N,T,D] and pooled [N,Dv]."""
+CALIB_LATENT_HW = 64  # calibration latents: 64x64 (a 512x512 image, 1024 image tokens)
+
+
+def _calibration_from_conditioning(conditioning, limit: int, seed: int) -> dict:
+    """Forward inputs for the quantizer's calibration, one row per prompt: the prompts' context
+    [N,T,D], pooled y [N,Dv] and guidance [N], with noise latents x [N,16,64,64] at timesteps spread
+    over (0, 1] (the activations a denoising run meets, without needing images)."""
     import torch
 
     ctx, pooled, guidance = [], [], []
     for c in conditioning or []:
         t, extra = c[0], (c[1] if len(c) > 1 else {})
+        p = extra.get("pooled_output")
+        if p is None:
+            raise ValueError("SVDQuant quantize: the CONDITIONING has no pooled output (use FLUX text encoders: DualCLIPLoader type flux)")
         for i in range(t.shape[0]):
             ctx.append(t[i:i + 1].float().cpu())
-            p = extra.get("pooled_output")
-            pooled.append(p[i:i + 1].float().cpu() if p is not None else None)
+            pooled.append(p[min(i, p.shape[0] - 1)].unsqueeze(0).float().cpu())
             guidance.append(float(extra.get("guidance", 3.5)))
     ctx, pooled, guidance = ctx[:limit], pooled[:limit], guidance[:limit]
     if not ctx:
-        return {}
+        raise ValueError("SVDQuant quantize: the CONDITIONING input holds no prompts")
+    n = len(ctx)
     tmax = max(c.shape[1] for c in ctx)
     # Pad text to one length so the prompts stack (zeros, like an empty T5 tail).
     ctx = [torch.nn.functional.pad(c, (0, 0, 0, tmax - c.shape[1])) for c in ctx]
-    out = {"calib_context": torch.cat(ctx), "calib_guidance": torch.tensor(guidance, dtype=torch.float32)}
-    if all(p is not None for p in pooled):
-        out["calib_y"] = torch.cat(pooled)
-    return out
+    g = torch.Generator().manual_seed(int(seed))
+    return {
+        "x": torch.randn(n, 16, CALIB_LATENT_HW, CALIB_LATENT_HW, generator=g),
+        "timestep": ((torch.arange(n, dtype=torch.float32) + 0.5) / n).clamp(0.02, 1.0),
+        "context": torch.cat(ctx),
+        "y": torch.cat(pooled),
+        "guidance": torch.tensor(guidance, dtype=torch.float32),
+    }
 
 
-def _write_calibration(conditioning, limit: int, out_dir: str, output_name: str) -> str:
-    """Save the wired-in prompts where the sidecar may read them (inside the svdquant folder):
-    safetensors with context [N,T,D], y [N,Dv] (when pooled outputs exist) and guidance [N], F32."""
+def _write_calibration(conditioning, limit: int, seed: int, out_dir: str, output_name: str) -> str:
+    """Save calibration inputs where the sidecar may read them (inside the svdquant folder), in the
+    quantizer's `calib` format: safetensors {x, timestep, context, y, guidance}, F32."""
     from safetensors.torch import save_file
 
-    tensors = _calibration_from_conditioning(conditioning, limit)
-    if not tensors:
-        raise ValueError("SVDQuant quantize: the CONDITIONING input holds no prompts")
+    tensors = _calibration_from_conditioning(conditioning, limit, seed)
     d = os.path.join(out_dir, CALIB_SUBDIR)
     os.makedirs(d, exist_ok=True)
     path = os.path.join(d, os.path.splitext(output_name)[0] + ".calib.safetensors")
-    save_file({k.replace("calib_", ""): v.contiguous() for k, v in tensors.items()}, path,
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path,
               metadata={"format": "svdquant-calibration", "source": "comfyui-conditioning"})
     return path
 
@@ -198,7 +208,7 @@ class SVDQuantQuantize:
         if calibration == "conditioning":
             if not conditioning:
                 raise ValueError("SVDQuant quantize: calibration = conditioning needs a CONDITIONING input")
-            args["calib"] = _write_calibration(conditioning, int(calib_samples), out_dir, output_name)
+            args["calib"] = _write_calibration(conditioning, int(calib_samples), int(seed), out_dir, output_name)
         ch = default_channel()
         ch.request("quantize", args, progress=_progress_factory())
         load = {"path": out_path}

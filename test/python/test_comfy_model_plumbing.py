@@ -180,3 +180,21 @@ def test_comfyui_loads_the_package_through_its_custom_node_loader():
     cfg = config_parser.extract_node_configuration(REPO)
     assert cfg.project.name == "svdquant-comfy" and cfg.tool_comfy.publisher_id and cfg.tool_comfy.display_name
     assert set(cfg.project.dependencies) == {"msgpack>=1.0", "websocket-client>=1.6"}
+
+
+def test_calibration_inputs_from_conditioning(tmp_path):
+    from comfy_nodes import nodes as svdq_nodes
+    cond = [[torch.randn(2, 5, 64), {"pooled_output": torch.randn(2, 32), "guidance": 3.0}],
+            [torch.randn(1, 9, 64), {"pooled_output": torch.randn(1, 32)}]]
+    d = svdq_nodes._calibration_from_conditioning(cond, 8, seed=0)
+    assert {k: tuple(v.shape) for k, v in d.items()} == {"x": (3, 16, 64, 64), "timestep": (3,), "context": (3, 9, 64), "y": (3, 32), "guidance": (3,)}
+    assert torch.equal(d["context"][0, :5], cond[0][0][0]) and torch.equal(d["context"][0, 5:], torch.zeros(4, 64))
+    assert torch.equal(d["y"][2], cond[1][1]["pooled_output"][0])
+    assert d["guidance"].tolist() == [3.0, 3.0, 3.5] and ((d["timestep"] > 0) & (d["timestep"] <= 1)).all()
+    assert svdq_nodes._calibration_from_conditioning(cond, 2, seed=0)["x"].shape[0] == 2
+    with pytest.raises(ValueError, match="no pooled output"):
+        svdq_nodes._calibration_from_conditioning([[torch.randn(1, 5, 64), {}]], 8, seed=0)
+    from safetensors.torch import load_file
+    p = svdq_nodes._write_calibration(cond, 8, 0, str(tmp_path), "m.safetensors")
+    assert p == str(tmp_path / "calibration" / "m.calib.safetensors")
+    assert set(load_file(p)) == {"x", "timestep", "context", "y", "guidance"}

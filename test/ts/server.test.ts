@@ -314,6 +314,9 @@ test.serial('cancellation: a queued forward is dropped, a running one is aborted
   await first;
   const running = c.call('forward', { model }, asArgs(big));
   await new Promise((r) => setTimeout(r, 30));
+  const state = ((await c.request('list_models')).result.models as Array<{ model: string; running: boolean; queued: number }>).find((m) => m.model === model)!;
+  t.true(state.running, 'the forward to cancel is running, not queued');
+  t.is(state.queued, 0);
   const t0 = performance.now();
   await c.request('cancel', { target: runningId });
   const rr = await running;

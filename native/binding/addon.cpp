@@ -7,6 +7,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   svdq::binding::registerEngine(env, exports);
   svdq::binding::registerQuant(env, exports);
   svdq::binding::registerLora(env, exports);
+  svdq::binding::registerGpu(env, exports);
   return exports;
 }
 

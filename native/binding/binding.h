@@ -7,6 +7,7 @@ void registerTensors(Napi::Env env, Napi::Object exports);  // tensors.cpp: safe
 void registerEngine(Napi::Env env, Napi::Object exports);   // engine.cpp: Engine class (load, forward)
 void registerQuant(Napi::Env env, Napi::Object exports);    // quant.cpp: quantize, quant kernels
 void registerLora(Napi::Env env, Napi::Object exports);     // lora.cpp: attach/rescale/detach LoRAs on an Engine
+void registerGpu(Napi::Env env, Napi::Object exports);      // gpu.cpp: CUDA backend availability, kernel test/bench entries
 }  // namespace svdq::binding
 
 #include <string>

@@ -38,6 +38,7 @@ class Engine : public Napi::ObjectWrap<Engine> {
       }
       if (o.Has("memoryLimitBytes") && o.Get("memoryLimitBytes").IsNumber())
         opts.memoryLimitBytes = static_cast<size_t>(o.Get("memoryLimitBytes").As<Napi::Number>().DoubleValue());
+      if (o.Has("threads") && o.Get("threads").IsNumber()) opts.threads = o.Get("threads").As<Napi::Number>().Int32Value();
     }
     try {
       handle_ = std::make_shared<EngineHandle>();

@@ -20,7 +20,7 @@ export interface Addon {
   readSafetensors(path: string): SafetensorsContents;
   inspectSafetensors(path: string): SafetensorsHeader;
   writeSafetensors(path: string, tensors: Record<string, TensorData>, metadata?: Record<string, string>, overwrite?: boolean): void;
-  Engine: new (path: string, options?: { axesDim?: number[]; memoryLimitBytes?: number }) => NativeEngine;
+  Engine: new (path: string, options?: { axesDim?: number[]; memoryLimitBytes?: number; threads?: number }) => NativeEngine;
   [name: string]: unknown;
 }
 

@@ -29,7 +29,7 @@ export class Engine {
   /** Loads (memory-maps and validates) a FLUX checkpoint, 16-bit or SVDQuant. */
   static async load(path: string, opts: LoadOptions & { axesDim?: number[] } = {}): Promise<Engine> {
     const a = addon();
-    return new Engine(new a.Engine(path, { axesDim: opts.axesDim, memoryLimitBytes: opts.memoryLimitBytes }));
+    return new Engine(new a.Engine(path, { axesDim: opts.axesDim, memoryLimitBytes: opts.memoryLimitBytes, threads: opts.threads }));
   }
 
   private live(): NativeEngine {

@@ -67,6 +67,10 @@ test('forward gives a finite [B, C, H, W] output, deterministic, odd sizes cropp
   t.true(v.every(Number.isFinite));
   t.true(v.some((x) => x !== 0));
   t.deepEqual(f32Values(await e.forward(inputs)), v);
+  // The thread count changes how the GEMMs are split, not the result beyond rounding.
+  const e1 = await Engine.load(p, { threads: 1 });
+  t.true(relL2(f32Values(await e1.forward(inputs)), v) < 1e-6);
+  e1.dispose();
   // Batch rows are independent: the second sample alone gives the second half of the batched output.
   const one = (tt: TensorData): TensorData => {
     const per = tt.data.byteLength / tt.shape[0]!;

@@ -44,6 +44,7 @@ FluxConfig readFluxConfig(const SafetensorsFile& file, const std::optional<std::
 struct FluxLoadOptions {
   std::optional<std::vector<int>> axesDim;
   size_t memoryLimitBytes = 0;  // 0 = no limit; a forward that would exceed it fails with "out of memory"
+  int threads = 0;              // > 0: worker threads for the CPU kernels (process-wide), else all cores
 };
 
 struct FluxInputs {

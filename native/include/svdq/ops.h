@@ -6,6 +6,10 @@
 
 namespace svdq::cpu {
 
+// Threads OpenBLAS uses for the GEMMs (process-wide); n <= 0 = hardware concurrency.
+void setThreads(int n);
+int threads();
+
 // y[M, N] (row stride ldy, N when < 0) = x[M, K] · w[N, K]^T (+ bias[N]).
 void linear(const float* x, int64_t M, int64_t K, const float* w, int64_t N, const float* bias, float* y,
             int64_t ldy = -1);

@@ -4,10 +4,28 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 namespace svdq::cpu {
+
+namespace {
+std::atomic<int> gThreads{0};
+int hardwareThreads() { return std::max(1u, std::thread::hardware_concurrency()); }
+}  // namespace
+
+void setThreads(int n) {
+  gThreads = n > 0 ? n : 0;
+  openblas_set_num_threads(threads());
+}
+
+int threads() {
+  const int n = gThreads.load();
+  return n > 0 ? n : hardwareThreads();
+}
+
 
 void linear(const float* x, int64_t M, int64_t K, const float* w, int64_t N, const float* bias, float* y, int64_t ldy) {
   if (ldy < 0) ldy = N;

@@ -35,6 +35,7 @@ const addon = createRequire(import.meta.url)('../../native/build/Release/svdq.no
 const dir = mkdtempSync(join(tmpdir(), 'svdq-lora-engine-'));
 let e16: EngineObj;
 let eq: EngineObj;
+let e4: EngineObj; // NVFP4
 let layers: Map<string, Shape>;
 let inputs: Record<string, TensorData>;
 let base16: Float32Array;
@@ -91,7 +92,9 @@ test.before(async () => {
   execFileSync('python3', [join(import.meta.dirname, '..', '..', 'tools', 'fixtures', 'make_tiny_flux.py'), tiny,
     '--dtype', 'f32', '--hidden', '64', '--heads', '2', '--depth', '2', '--single', '2', '--guidance', '--seed', '3'], { stdio: 'pipe' });
   await addon.quant.quantizeCheckpoint({ input: join(tiny, 'model.safetensors'), output: join(dir, 'q.safetensors'), rank: 8, force: true });
+  await addon.quant.quantizeCheckpoint({ input: join(tiny, 'model.safetensors'), output: join(dir, 'q4.safetensors'), rank: 8, force: true, precision: 'nvfp4' });
   e16 = new addon.Engine(join(tiny, 'model.safetensors'));
+  e4 = new addon.Engine(join(dir, 'q4.safetensors'));
   eq = new addon.Engine(join(dir, 'q.safetensors'));
   layers = new Map(e16.info().layers.map((l) => [l.name, { in: l.in, out: l.out }]));
   inputs = (addon.readSafetensors(join(tiny, 'inputs.safetensors')) as LoraSource).tensors as Record<string, TensorData>;
@@ -105,10 +108,12 @@ const FORMATS: Array<[string, (l: RandomLora) => LoraFileContent]> = [
   ['bfl', (l) => asBfl(l, layers, 'peft')],
 ];
 
-for (const [model, pick] of [['16-bit', () => e16], ['quantized', () => eq]] as const) {
-  for (const [fmt, encode] of FORMATS) {
+for (const [model, pick, formats] of [['16-bit', () => e16, FORMATS], ['quantized', () => eq, FORMATS], ['NVFP4-quantized', () => e4, FORMATS.slice(0, 1)]] as const) {
+  for (const [fmt, encode] of formats) {
     test.serial(`${model} model, ${fmt} LoRA: each layer's output change is X·(s·ΔW)ᵀ from its raw input`, async (t) => {
       const engine = pick();
+      const kinds = engine.info().layers.map((l) => l.kind).join(' ');
+      t.regex(kinds, model === '16-bit' ? /dense/ : model === 'quantized' ? /svdq-int4/ : /fp4/, kinds);
       const lora = randomLora(layers, 100 + fileNo, { rank: 4, alpha: 8 });
       const delta = denseDelta(lora, layers);
       const stack = stackFor(engine, t);

@@ -72,6 +72,11 @@ class Channel:
         self._ws = ws
         self.generation += 1
 
+    def ensure_connected(self):
+        with self._lock:
+            if self._ws is None:
+                self._connect()
+
     def close(self):
         with self._lock:
             if self._ws is not None:

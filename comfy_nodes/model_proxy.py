@@ -76,15 +76,13 @@ class SidecarModel:
         self.model_id = None
         self.info: dict = {}
         self._generation = None
-        self._applied_loras = None
         self._sent_hashes: set[str] = set()
         self._lock = threading.RLock()
 
     # -- state on the sidecar ---------------------------------------------------------------------
     def ensure_loaded(self, force: bool = False):
         with self._lock:
-            if self.channel._ws is None:
-                self.channel._connect()  # first, so a restarted sidecar shows as a new generation
+            self.channel.ensure_connected()  # first, so a restarted sidecar shows as a new generation
             if not force and self.model_id is not None and self._generation == self.channel.generation:
                 return
             progress = self.progress_factory() if self.progress_factory else None

@@ -71,7 +71,7 @@ ModelRef modelArg(const Napi::CallbackInfo& info) {
       return {&h->model->linears, &h->lock, h};
     }
   }
-  throw Napi::TypeError::New(info.Env(), "expected an Engine (or a LoRA shape model) as first argument");
+  throw Napi::TypeError::New(info.Env(), "expected a loaded Engine (not disposed) or a LoRA shape model as first argument");
 }
 
 int idArg(const Napi::CallbackInfo& info, size_t i) {

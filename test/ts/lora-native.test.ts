@@ -71,7 +71,7 @@ test('a plan that lies about sizes or layers is refused before anything is read'
   await t.throwsAsync(addon.attachLora(m, 1, lie((l) => { l[0]!.rank = 0; }), 1, 'f'), { message: /rank 0/ });
   await t.throwsAsync(addon.attachLora(m, 1, lie((l) => { l[0]!.parts[0]!.down = { dtype: 'I32', shape: [2, 8], data: new Uint8Array(64) }; }), 1, 'f'), { message: /not a floating type/ });
   t.deepEqual(addon.loraState(m), []);
-  await t.throwsAsync(addon.attachLora({}, 1, plan.layers, 1, 'f'), { message: /expected an Engine/ });
+  await t.throwsAsync(addon.attachLora({}, 1, plan.layers, 1, 'f'), { message: /expected a loaded Engine \(not disposed\)/ });
 });
 
 /** Re-encodes every factor of a file as F16 (values stay exact: fixtures are BF16-exact and in F16 range... mostly). */

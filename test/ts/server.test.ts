@@ -392,3 +392,28 @@ test('reply encoder: chunked msgpack decodes like msgpackr and passes big bytes 
   }
   t.true(packChunks({ data: big }).includes(big));
 });
+
+test.serial('load with a precision quantizes a 16-bit checkpoint on demand as a job, then serves it', async (t) => {
+  const r = await rest('/v1/models', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ path: 'model.safetensors', precision: 'int4' }) });
+  t.is(r.status, 202);
+  const { job } = await r.json();
+  let j: Record<string, any> = {};
+  for (let i = 0; i < 1200; i++) {
+    j = await (await rest(`/v1/jobs/${job}`)).json();
+    if (j.state !== 'running' && j.state !== 'queued') break;
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  t.is(j.state, 'done', JSON.stringify(j.error));
+  t.is(j.result.precision, 'int4');
+  t.regex(j.result.path, /svdq-int4_r32-model\.safetensors$/);
+  // The channel sees the same model: the quantized checkpoint now exists, so no job this time.
+  const c = await connect();
+  const again = await c.request('load', { path: 'model.safetensors', precision: 'int4' });
+  t.is(again.result.model, j.result.model);
+  const inp = inputs(11);
+  const q = await c.request('forward', { model: j.result.model }, asArgs(inp));
+  const err = maxRelErr(q.tensors.out, await ref.forward(inp));
+  t.log(`4-bit vs 16-bit forward: max abs diff / max |ref| = ${err.toFixed(4)}`);
+  t.true(err > 0 && err < 0.5, `quantized output should be close to, not equal to, the 16-bit one (${err})`);
+  c.close();
+});

@@ -1,5 +1,6 @@
 // Node-API glue for the quantizer: the numeric primitives and one-layer quantization for tests,
 // and the async checkpoint quantizer (svdq/quant_pipeline.h) with progress through a ThreadSafeFunction.
+#include <atomic>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -248,8 +249,9 @@ Napi::Value QuantizeLayer(const Napi::CallbackInfo& info) {
 // quantizeCheckpoint(opts, onProgress?) -> Promise<report JSON string>
 class QuantizeWorker : public Napi::AsyncWorker {
  public:
-  QuantizeWorker(Napi::Env env, PipelineOptions opt, Napi::Function progress)
-      : Napi::AsyncWorker(env), opt_(std::move(opt)), deferred_(Napi::Promise::Deferred::New(env)) {
+  QuantizeWorker(Napi::Env env, PipelineOptions opt, Napi::Function progress, std::shared_ptr<std::atomic<int>> cancel)
+      : Napi::AsyncWorker(env), opt_(std::move(opt)), deferred_(Napi::Promise::Deferred::New(env)), cancel_(std::move(cancel)) {
+    opt_.cancel = cancel_.get();
     if (!progress.IsEmpty())
       tsfn_ = Napi::ThreadSafeFunction::New(env, progress, "svdq-quantize-progress", 0, 1);
   }
@@ -281,6 +283,7 @@ class QuantizeWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   Napi::ThreadSafeFunction tsfn_;
   std::string report_;
+  std::shared_ptr<std::atomic<int>> cancel_;
 };
 
 Napi::Value QuantizeCheckpoint(const Napi::CallbackInfo& info) {
@@ -309,8 +312,11 @@ Napi::Value QuantizeCheckpoint(const Napi::CallbackInfo& info) {
     throw Napi::Error::New(env, e.what());
   }
   Napi::Function progress = info.Length() > 1 && info[1].IsFunction() ? info[1].As<Napi::Function>() : Napi::Function();
-  auto* w = new QuantizeWorker(env, std::move(p), progress);
+  auto cancel = std::make_shared<std::atomic<int>>(0);
+  auto* w = new QuantizeWorker(env, std::move(p), progress, cancel);
   Napi::Promise pr = w->promise();
+  // promise.cancel(): the worker stops at the next layer or block and rejects with "cancelled".
+  pr.Set("cancel", Napi::Function::New(env, [cancel](const Napi::CallbackInfo&) { cancel->store(1); }));
   w->Queue();
   return pr;
 }

@@ -71,7 +71,13 @@ export interface QuantBinding {
   gemmW4A4Int4(qa: Int8Array, ascale: Float32Array, M: number, qw: Int8Array, wscale: Float32Array, N: number, K: number): Float32Array;
   svd(A: Float32Array, m: number, n: number, r: number, how?: 'exact' | 'randomized' | 'auto'): { U: Float32Array; S: Float32Array; Vt: Float32Array };
   quantizeLayer(args: QuantizeLayerArgs): QuantizedLayerParts;
-  quantizeCheckpoint(opts: NativeQuantizeOptions, onProgress?: (done: number, total: number, stage: string) => void): Promise<string>;
+  /** Resolves with the JSON report; the promise's cancel() stops it at the next layer (no output left). */
+  quantizeCheckpoint(
+    opts: NativeQuantizeOptions,
+    onProgress?: (done: number, total: number, stage: string) => void,
+  ): Promise<string> & { cancel(): void };
+  /** Whole-model relative output error of each candidate vs the reference, on the same inputs. */
+  compareModels(reference: string, candidates: string[], inputs?: string, randomSets?: number, seed?: number): Promise<number[]>;
 }
 
 export const quantNative: QuantBinding = (

@@ -1,6 +1,7 @@
 // Quantizing a whole FLUX checkpoint: calibrate on the 16-bit model, then quantize layer by layer
 // from the memory-mapped input and stream the result into an atomically written safetensors file.
 #pragma once
+#include <atomic>
 #include <functional>
 #include <string>
 
@@ -20,6 +21,7 @@ struct PipelineOptions {
   int calibRows = 256;        // rows of input kept per layer
   int randomCalibSets = 2;    // random input sets when no calibration file is given
   std::string toolVersion = "0.1.0";
+  const std::atomic<int>* cancel = nullptr;  // non-zero: stop between layers, no output left behind
 };
 
 using PipelineProgress = std::function<void(int64_t done, int64_t total, const std::string& stage)>;

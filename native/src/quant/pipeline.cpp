@@ -212,6 +212,10 @@ std::string quantizeCheckpoint(const PipelineOptions& opt, const PipelineProgres
   col.rows = std::max(8, opt.calibRows);
   ForwardHooks hooks;
   hooks.onLinearInput = [&](const std::string& l, const float* x, int64_t M, int64_t K) { col.add(l, x, M, K); };
+  hooks.cancel = opt.cancel;
+  auto checkCancel = [&] {
+    if (opt.cancel && opt.cancel->load()) throw Error("cancelled");
+  };
   for (size_t i = 0; i < sets.size(); ++i) {
     try {
       model->forward(sets[i], &hooks);
@@ -231,6 +235,7 @@ std::string quantizeCheckpoint(const PipelineOptions& opt, const PipelineProgres
   std::vector<std::string> padded;
   bool firstL = true, firstK = true;
   for (size_t li = 0; li < names.size(); ++li) {
+    checkCancel();
     const std::string& n = names[li];
     const LayerRole role = roleOf(n);
     const auto tl = clock::now();
@@ -324,6 +329,7 @@ std::string quantizeCheckpoint(const PipelineOptions& opt, const PipelineProgres
     if (kv.first != "quantization_config" && kv.first != "svdq") out.setMetadata(kv.first, kv.second);
   out.setMetadata("quantization_config", qc.str());
   out.setMetadata("svdq", sv.str());
+  checkCancel();
   out.finish();
 
   std::ostringstream rep;

@@ -1,0 +1,90 @@
+// Quantize a 16-bit FLUX checkpoint into an SVDQuant checkpoint (the work is native and runs off the
+// event loop; this module validates options, forwards progress and cancellation, and shapes the report).
+import type { ProgressCallback, QuantizeOptions } from '../engine/types.ts';
+import { quantNative } from './native.ts';
+import type { NativeQuantizeOptions } from './native.ts';
+
+export interface LayerReport {
+  name: string;
+  kind: string;
+  /** Relative output error of the quantized layer on its calibration sample (null for 16-bit layers). */
+  relError: number | null;
+  /** Same for plain W4A4 with the top-r SVD and no smoothing (null when not applicable). */
+  naiveRelError: number | null;
+  smoothing: string;
+  refineSteps: number;
+  seconds: number;
+}
+
+export interface QuantizeReport {
+  output: string;
+  seconds: number;
+  calibSeconds: number;
+  quantizedW4A4: number;
+  w4a16: number;
+  kept16: number;
+  /** Peak resident set size of this process so far, bytes. */
+  peakRssBytes: number;
+  quantization_config: Record<string, unknown>;
+  svdq: {
+    version: string;
+    method: string;
+    precision: string;
+    rank: number;
+    lowrank: string;
+    calibration: string;
+    padded_layers: string[];
+    kept_16bit: string[];
+    layers: LayerReport[];
+  } & Record<string, unknown>;
+}
+
+/** Options beyond the shared QuantizeOptions, for ablations and tests. */
+export interface QuantizeExtras {
+  refine?: number;
+  gridStep?: number;
+  adaln?: 'w4a16' | '16bit';
+  calibRows?: number;
+  randomCalibSets?: number;
+  unsignedGelu?: boolean;
+}
+
+const METHODS = ['svdquant', 'smoothquant', 'lowrank', 'naive', 'w4a16'];
+const PRECISIONS = ['int4', 'nvfp4'];
+const LOWRANKS = ['svd', 'corda', 'whiten'];
+
+function check(opts: QuantizeOptions & QuantizeExtras): void {
+  if (!opts.input) throw new Error('quantize: no input checkpoint');
+  if (!opts.output) throw new Error('quantize: no output path');
+  if (opts.method && !METHODS.includes(opts.method)) throw new Error(`quantize: unknown method '${opts.method}' (${METHODS.join(' | ')})`);
+  if (opts.precision && !PRECISIONS.includes(opts.precision))
+    throw new Error(`quantize: unknown precision '${opts.precision}' (${PRECISIONS.join(' | ')})`);
+  if (opts.lowrank && !LOWRANKS.includes(opts.lowrank)) throw new Error(`quantize: unknown low-rank mode '${opts.lowrank}' (${LOWRANKS.join(' | ')})`);
+  if (opts.rank !== undefined && (!Number.isInteger(opts.rank) || opts.rank < 1))
+    throw new Error(`quantize: rank must be a positive integer, got ${opts.rank}`);
+  if (opts.refine !== undefined && (!Number.isInteger(opts.refine) || opts.refine < 0))
+    throw new Error(`quantize: refine must be a non-negative integer, got ${opts.refine}`);
+  if (opts.gridStep !== undefined && !(opts.gridStep > 0 && opts.gridStep < 0.5))
+    throw new Error(`quantize: grid step must be in (0, 0.5), got ${opts.gridStep}`);
+}
+
+export async function quantizeCheckpoint(
+  opts: QuantizeOptions & QuantizeExtras,
+  ctl: { onProgress?: ProgressCallback; signal?: AbortSignal } = {},
+): Promise<QuantizeReport> {
+  check(opts);
+  ctl.signal?.throwIfAborted();
+  const native: NativeQuantizeOptions = { ...opts };
+  const job = quantNative.quantizeCheckpoint(native, ctl.onProgress);
+  const onAbort = () => job.cancel();
+  ctl.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    const report = JSON.parse(await job) as Omit<QuantizeReport, 'peakRssBytes'>;
+    return { ...report, peakRssBytes: process.resourceUsage().maxRSS * 1024 };
+  } catch (e) {
+    if (ctl.signal?.aborted) throw new DOMException(`quantize ${opts.input}: aborted`, 'AbortError');
+    throw e;
+  } finally {
+    ctl.signal?.removeEventListener('abort', onAbort);
+  }
+}

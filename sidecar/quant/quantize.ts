@@ -82,7 +82,11 @@ export async function quantizeCheckpoint(
     const report = JSON.parse(await job) as Omit<QuantizeReport, 'peakRssBytes'>;
     return { ...report, peakRssBytes: process.resourceUsage().maxRSS * 1024 };
   } catch (e) {
-    if (ctl.signal?.aborted) throw new DOMException(`quantize ${opts.input}: aborted`, 'AbortError');
+    if (ctl.signal?.aborted) {
+      const err = new Error(`quantize ${opts.input}: aborted`);
+      err.name = 'AbortError';
+      throw err;
+    }
     throw e;
   } finally {
     ctl.signal?.removeEventListener('abort', onAbort);

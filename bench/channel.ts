@@ -52,7 +52,7 @@ if (values.inproc) {
 }
 
 const c = await ChannelClient.connect(url, { token });
-const m = await c.request('load', { path: 'model.safetensors' });
+const m = await c.request('load', { path: 'model.safetensors', threads: 1 }); // one BLAS thread: less contention with the event loops being measured
 const cfg = m.result.config as Record<string, unknown>;
 const model = m.result.model as string;
 const rnd = (n: number) => Float32Array.from({ length: n }, () => Math.random() * 2 - 1);

@@ -228,6 +228,18 @@ Napi::Value SetLoraStrength(const Napi::CallbackInfo& info) {
   return run(info, [id, s](LinearMap& m) { return setLoraStrength(m, id, s); });
 }
 
+// orderLoras(engine, ids: number[]) -> Promise<0>: the order the layers add their LoRAs in.
+Napi::Value OrderLoras(const Napi::CallbackInfo& info) {
+  if (info.Length() < 2 || !info[1].IsArray()) throw Napi::TypeError::New(info.Env(), "orderLoras(engine, ids): ids must be an array");
+  Napi::Array a = info[1].As<Napi::Array>();
+  std::vector<int> ids;
+  for (uint32_t i = 0; i < a.Length(); ++i) ids.push_back(a.Get(i).ToNumber().Int32Value());
+  return run(info, [ids](LinearMap& m) {
+    orderLoras(m, ids);
+    return 0;
+  });
+}
+
 Napi::Value RemoveLora(const Napi::CallbackInfo& info) {
   int id = idArg(info, 1);
   return run(info, [id](LinearMap& m) { return removeLora(m, id); });
@@ -337,6 +349,7 @@ void registerLora(Napi::Env env, Napi::Object exports) {
   exports.Set("attachLora", Napi::Function::New(env, AsPromise<AttachLora>, "attachLora"));
   exports.Set("setLoraStrength", Napi::Function::New(env, AsPromise<SetLoraStrength>, "setLoraStrength"));
   exports.Set("removeLora", Napi::Function::New(env, AsPromise<RemoveLora>, "removeLora"));
+  exports.Set("orderLoras", Napi::Function::New(env, AsPromise<OrderLoras>, "orderLoras"));
   exports.Set("loraLayerForward", Napi::Function::New(env, LoraLayerForward, "loraLayerForward"));
   exports.Set("loraFactors", Napi::Function::New(env, LoraFactorsOf, "loraFactors"));
   exports.Set("loraState", Napi::Function::New(env, LoraState, "loraState"));

@@ -22,6 +22,7 @@ export class Engine {
         (a.attachLora as (e: NativeEngine, ...r: unknown[]) => Promise<number>)(self(), id, layers, strength, file),
       setLoraStrength: (id, s) => (a.setLoraStrength as (e: NativeEngine, ...r: unknown[]) => Promise<number>)(self(), id, s),
       removeLora: (id) => (a.removeLora as (e: NativeEngine, ...r: unknown[]) => Promise<number>)(self(), id),
+      orderLoras: (ids) => (a.orderLoras as (e: NativeEngine, ids: number[]) => Promise<number>)(self(), ids),
     };
     this.loras = new LoraStack(lora, (path) => a.readSafetensors(path));
   }

@@ -22,6 +22,8 @@ export interface LoraNative {
   attachLora(id: number, layers: LoraLayerPlan[], strength: number, file: string): Promise<number>;
   setLoraStrength(id: number, strength: number): Promise<number>;
   removeLora(id: number): Promise<number>;
+  /** Makes every layer add its LoRAs in this id order (bit-identical outputs for the same stack). */
+  orderLoras?(ids: number[]): Promise<unknown>;
 }
 
 export interface AddLoraResult {
@@ -145,10 +147,25 @@ export class LoraStack {
       if (!w || w.stamp !== info.stamp) await this.remove(info.id);
     }
     const added: AddLoraResult[] = [];
+    const order: number[] = [];
     for (const [key, w] of want) {
       const have = [...this.active.values()].find((i) => i.key === key);
-      if (!have) added.push(await this.add(key, w.strength));
-      else if (have.strength !== w.strength) await this.setStrength(have.id, w.strength);
+      if (!have) {
+        const r = await this.add(key, w.strength);
+        added.push(r);
+        order.push(r.id);
+      } else {
+        if (have.strength !== w.strength) await this.setStrength(have.id, w.strength);
+        order.push(have.id);
+      }
+    }
+    // Same list, same summation order: the output does not depend on how the stack was reached.
+    const now = [...this.active.keys()];
+    if (this.native.orderLoras && now.join() !== order.join()) {
+      await this.native.orderLoras(order);
+      const infos = new Map(this.active);
+      this.active.clear();
+      for (const id of order) this.active.set(id, infos.get(id)!);
     }
     return added;
   }

@@ -66,6 +66,7 @@ function newStack(engine: EngineObj): LoraStack {
     attachLora: (id, l, s, f) => addon.attachLora(engine, id, l, s, f),
     setLoraStrength: (id, s) => addon.setLoraStrength(engine, id, s),
     removeLora: (id) => addon.removeLora(engine, id),
+    orderLoras: (ids) => addon.orderLoras(engine, ids),
   };
   return new LoraStack(native, (p) => addon.readSafetensors(p) as LoraSource);
 }
@@ -277,4 +278,21 @@ test.serial('a LoRA change issued during a forward lands before or after it, nev
     t.true(Buffer.from(o2.buffer).equals(Buffer.from(base16.buffer)) || Buffer.from(o2.buffer).equals(Buffer.from(withL.buffer)));
   }
   t.deepEqual(f32(await e16.forward(inputs)), base16);
+});
+
+test.serial('sync: the same LoRA list gives the same output bit for bit, however the stack was reached', async (t) => {
+  for (const engine of [e16, eq]) {
+    const stack = stackFor(engine, t);
+    const pa = writeLora(asKohya(randomLora(layers, 700, { rank: 3, scale: 0.3 }), layers));
+    const pb = writeLora(asDiffusers(randomLora(layers, 701, { rank: 2, scale: 0.3 })));
+    await stack.sync([{ path: pa, strength: 0.6 }, { path: pb, strength: -0.4 }]);
+    const fresh = f32(await engine.forward(inputs));
+    await stack.sync([]);
+    await stack.sync([{ path: pb, strength: 1 }]);
+    await stack.sync([{ path: pa, strength: 0.6 }, { path: pb, strength: -0.4 }]); // b was attached first
+    t.deepEqual(stack.list().map((l) => l.key), [pa, pb]);
+    t.deepEqual(f32(await engine.forward(inputs)), fresh);
+    await stack.sync([]);
+    t.deepEqual(f32(await engine.forward(inputs)), engine === e16 ? base16 : baseQ);
+  }
 });

@@ -60,6 +60,9 @@ int attachLora(LinearMap& linears, int id, std::vector<LoraPatch> patches, float
 int setLoraStrength(LinearMap& linears, int id, float strength);
 // Removes LoRA `id` from every layer, leaving the others in their order; returns layers touched (throws if none).
 int removeLora(LinearMap& linears, int id);
+// Puts each layer's LoRAs in the order of `ids` (ids not listed keep their place after the listed
+// ones), so the same stack gives bit-identical outputs whatever order it was built in.
+void orderLoras(LinearMap& linears, const std::vector<int>& ids);
 // Ids attached anywhere in the model, ascending.
 std::vector<int> loraIds(const LinearMap& linears);
 

@@ -1,6 +1,7 @@
 // Attach / rescale / detach LoRA branches on named layers (see svdq/lora.h).
 #include "svdq/lora.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -247,6 +248,18 @@ int removeLora(LinearMap& linears, int id) {
   }
   if (n == 0) throw Error("no LoRA with id " + std::to_string(id) + " is attached");
   return n;
+}
+
+void orderLoras(LinearMap& linears, const std::vector<int>& ids) {
+  auto rank = [&](int id) {
+    for (size_t i = 0; i < ids.size(); ++i)
+      if (ids[i] == id) return i;
+    return ids.size();
+  };
+  for (auto& kv : linears) {
+    auto& v = kv.second->loras;
+    std::stable_sort(v.begin(), v.end(), [&](const LoraFactors& a, const LoraFactors& b) { return rank(a.id) < rank(b.id); });
+  }
 }
 
 std::vector<int> loraIds(const LinearMap& linears) {

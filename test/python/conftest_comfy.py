@@ -15,10 +15,11 @@ def setup_comfy():
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     if COMFYUI_DIR:
-        standins = os.path.join(COMFYUI_DIR, "_standins")
-        if os.path.isdir(standins) and standins not in sys.path:
-            # Optional stand-ins for packages a CPU-only mirror lacks (see docs/COMFYUI.md).
-            sys.path.insert(0, standins)
+        if os.environ.get("SVDQ_COMFY_STANDINS", "1") != "0":
+            # Import-only stand-ins for ComfyUI dependencies a CPU-only mirror lacks (only those missing).
+            standins = os.path.join(HERE, "comfyui_standins")
+            if standins not in sys.path:
+                sys.path.insert(0, standins)
             import sitecustomize_standins  # noqa: F401
         if COMFYUI_DIR not in sys.path:
             sys.path.insert(0, COMFYUI_DIR)

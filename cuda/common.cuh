@@ -52,6 +52,13 @@ __device__ __forceinline__ void mmaS4(int (&d)[4], const uint32_t (&a)[4], uint3
       : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+// Same with unsigned 4-bit A (shifted GELU activations, 0..15) and signed B.
+__device__ __forceinline__ void mmaU4S4(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k64.row.col.s32.u4.s4.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 // D += A.B, 16x8x32 signed 8-bit.
 __device__ __forceinline__ void mmaS8(int (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                       uint32_t b1) {
@@ -77,6 +84,10 @@ __device__ __forceinline__ uint32_t s4EvenToS8(uint32_t w) {
 __device__ __forceinline__ uint32_t s4OddToS8(uint32_t w) {
   return ((((w ^ 0x88888888u) >> 4) & 0x0f0f0f0fu) + 0x78787878u) ^ 0x80808080u;
 }
+
+// Unsigned nibbles (0..15) are already valid non-negative INT8 bytes once spread.
+__device__ __forceinline__ uint32_t u4EvenToS8(uint32_t w) { return w & 0x0f0f0f0fu; }
+__device__ __forceinline__ uint32_t u4OddToS8(uint32_t w) { return (w >> 4) & 0x0f0f0f0fu; }
 
 __device__ __forceinline__ float geluTanh(float x) {
   const float k0 = 0.7978845608028654f, k1 = 0.044715f;

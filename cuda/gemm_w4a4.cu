@@ -66,7 +66,7 @@ __device__ __forceinline__ uint32_t e2m1EvenToS8(uint32_t w) {
   return __vsub4(mag ^ mask, mask);  // per byte: mask ? -mag : mag
 }
 
-template <int MODE>
+template <int MODE, bool UA>  // UA: unsigned activations (0..15), INT4 modes only
 __global__ void __launch_bounds__(kThreads, 1) w4a4Kernel(W4A4GemmArgs p) {
   constexpr int SG = MODE == kFp4S8 ? 8 : 2;
   using St = Stage<SG>;
@@ -149,10 +149,15 @@ __global__ void __launch_bounds__(kThreads, 1) w4a4Kernel(W4A4GemmArgs p) {
           for (int ni = 0; ni < 4; ++ni) c[ni][0] = c[ni][1] = c[ni][2] = c[ni][3] = 0;
           if constexpr (MODE == kInt4S4) {
 #pragma unroll
-            for (int ni = 0; ni < 4; ++ni) mmaS4(c[ni], afr, bfr[ni][0], bfr[ni][1]);
+            for (int ni = 0; ni < 4; ++ni) {
+              if constexpr (UA) mmaU4S4(c[ni], afr, bfr[ni][0], bfr[ni][1]);
+              else mmaS4(c[ni], afr, bfr[ni][0], bfr[ni][1]);
+            }
           } else {
-            const uint32_t e0 = s4EvenToS8(afr[0]), e1 = s4EvenToS8(afr[1]), e2 = s4EvenToS8(afr[2]), e3 = s4EvenToS8(afr[3]);
-            const uint32_t o0 = s4OddToS8(afr[0]), o1 = s4OddToS8(afr[1]), o2 = s4OddToS8(afr[2]), o3 = s4OddToS8(afr[3]);
+            auto ev = [](uint32_t w) { return UA ? u4EvenToS8(w) : s4EvenToS8(w); };
+            auto od = [](uint32_t w) { return UA ? u4OddToS8(w) : s4OddToS8(w); };
+            const uint32_t e0 = ev(afr[0]), e1 = ev(afr[1]), e2 = ev(afr[2]), e3 = ev(afr[3]);
+            const uint32_t o0 = od(afr[0]), o1 = od(afr[1]), o2 = od(afr[2]), o3 = od(afr[3]);
 #pragma unroll
             for (int ni = 0; ni < 4; ++ni) {
               mmaS8(c[ni], e0, e1, e2, e3, s4EvenToS8(bfr[ni][0]), s4EvenToS8(bfr[ni][1]));
@@ -267,14 +272,18 @@ __global__ void __launch_bounds__(kThreads, 1) w4a4Kernel(W4A4GemmArgs p) {
     }
 }
 
-template <int MODE>
+template <int MODE, bool UA>
 void launch(const W4A4GemmArgs& p, cudaStream_t stream, const char* name) {
   constexpr int SG = MODE == kFp4S8 ? 8 : 2;
   const size_t smem = sizeof(Stage<SG>) * kStages;
   static_assert(sizeof(Stage<SG>) * kStages >= 2 * BM * 33 * sizeof(float), "epilogue reuses the pipeline smem");
-  check(cudaFuncSetAttribute(w4a4Kernel<MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)), name);
+  static bool configured = false;  // once per instantiation (one device per process)
+  if (!configured) {
+    check(cudaFuncSetAttribute(w4a4Kernel<MODE, UA>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)), name);
+    configured = true;
+  }
   const dim3 grid(static_cast<unsigned>(p.Np / BN), static_cast<unsigned>(p.Mp / BM));
-  w4a4Kernel<MODE><<<grid, kThreads, smem, stream>>>(p);
+  w4a4Kernel<MODE, UA><<<grid, kThreads, smem, stream>>>(p);
   checkLaunch(name);
 }
 
@@ -295,11 +304,20 @@ void gemmW4A4(const W4A4GemmArgs& p, void* stream) {
   if (p.gate && p.gateRows < 1) bad("gateRows must be >= 1");
   if (p.M == 0) return;
   cudaStream_t s = asStream(stream);
-  if (p.precision == QuantPrecision::Nvfp4) return launch<kFp4S8>(p, s, name);
+  if (p.precision == QuantPrecision::Nvfp4) {
+    if (p.actUnsigned) bad("unsigned activations are INT4 only");
+    return launch<kFp4S8, false>(p, s, name);
+  }
+  static const int cc = computeCapability();  // one device per process (the sidecar drives one GPU)
   MmaPath path = p.path;
-  if (path == MmaPath::Auto) path = computeCapability() >= 90 ? MmaPath::S8 : MmaPath::S4;
-  if (path == MmaPath::S8) launch<kInt4S8>(p, s, "gemmW4A4(int4, s8 mma)");
-  else launch<kInt4S4>(p, s, "gemmW4A4(int4, s4 mma)");
+  if (path == MmaPath::Auto) path = cc >= 90 ? MmaPath::S8 : MmaPath::S4;
+  if (path == MmaPath::S8) {
+    if (p.actUnsigned) launch<kInt4S8, true>(p, s, "gemmW4A4(int4 unsigned act, s8 mma)");
+    else launch<kInt4S8, false>(p, s, "gemmW4A4(int4, s8 mma)");
+  } else {
+    if (p.actUnsigned) launch<kInt4S4, true>(p, s, "gemmW4A4(int4 unsigned act, u4 mma)");
+    else launch<kInt4S4, false>(p, s, "gemmW4A4(int4, s4 mma)");
+  }
 }
 
 }  // namespace svdq::cuda

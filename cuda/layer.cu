@@ -116,6 +116,7 @@ void forwardW4A4(const DeviceW4A4& L, const uint16_t* x, int64_t M, W4A4Workspac
   g.qact = q.qact, g.ascales = q.ascales, g.tensorScale = q.tensorScale;
   g.qweight = L.qweight.as<uint8_t>(), g.wscales = L.wscales.as<float>(), g.wtscale = L.wtscale;
   g.M = M, g.N = L.out, g.Kp = L.inPadded, g.Mp = Mp, g.Np = L.outPadded;
+  g.actUnsigned = q.isUnsigned;
   g.bias = L.hasBias ? L.bias.as<float>() : nullptr;
   g.loraAct = L.rank ? q.loraAct : nullptr, g.loraUp = L.rank ? L.loraUp.as<float>() : nullptr;
   g.rankPadded = static_cast<int>(L.rankPadded);

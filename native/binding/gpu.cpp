@@ -228,7 +228,7 @@ void cpuEpilogue(std::vector<double>& y, int64_t M, int64_t N, const Opts& o, in
   }
 }
 
-// gemmW4A4({precision?, M, N, K (multiple of the group), qa [M,K] values/codes (Int8Array), ascales [M,G],
+// gemmW4A4({precision?, M, N, K (multiple of the group), qa [M,K] values/codes (Int8Array), actUnsigned?, ascales [M,G],
 //   tensorScale? [M], qw [N,K] (Int8Array), wscales [N,G] (int4: Float32Array; nvfp4: Uint8Array E4M3),
 //   wtscale?, bias? [N], rank?, loraAct? [M,r], loraUp? [N,r], act?, residual? [M,N], gate?, gateRows?,
 //   bf16Out?, path?: 'auto'|'s4'|'s8'}) -> {gpu [M,N], cpuRaw [M,N] (group GEMM only), cpu [M,N] (epilogue in f64)}
@@ -279,7 +279,7 @@ Napi::Value GemmW4A4(const Napi::CallbackInfo& info) {
     a.precision = fp4 ? QuantPrecision::Nvfp4 : QuantPrecision::Int4;
     a.qact = dqa.as<uint8_t>(), a.ascales = das.as<float>(), a.tensorScale = dts.as<float>();
     a.qweight = dqw.as<uint8_t>(), a.wscales = dws.as<float>(), a.wtscale = wts;
-    a.M = M, a.N = N, a.Kp = Kp, a.Mp = Mp, a.Np = Np;
+    a.M = M, a.N = N, a.Kp = Kp, a.Mp = Mp, a.Np = Np, a.actUnsigned = o.flag("actUnsigned");
     if (o.has("bias")) {
       auto b = o.array<float>("bias", N);
       b.resize(Np, 0.f);

@@ -12,7 +12,8 @@
 //   weight scales     F32 [Kp/g, Np]
 //   lora_down         BF16 [Rp, Kp] (zero rows/columns pad the rank to 16 and K to Kp)
 //   lora_up           F32 [Np, Rp]; lora activations F32 [Mp, Rp]
-// Mp = roundUp(M, 128), Np = roundUp(N, 128), Kp = roundUp(K, g), Rp = roundUp(rank, 16).
+// Mp = roundUp(M, 128), Np = roundUp(N, 128), Kp = roundUp(K, 64) (both formats: the kernels walk K
+// in 64s; NVFP4 groups past the checkpoint's roundUp(K, 16) are zero), Rp = roundUp(rank, 16).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -89,6 +90,7 @@ struct W4A4GemmArgs {
   const uint8_t* qact = nullptr;  const float* ascales = nullptr;  const float* tensorScale = nullptr;
   const uint8_t* qweight = nullptr; const float* wscales = nullptr; float wtscale = 1.f;
   int64_t M = 0, N = 0, Kp = 0, Mp = 0, Np = 0;
+  bool actUnsigned = false;        // INT4 activations are unsigned nibbles 0..15 (act_shift layers)
   // epilogue, in this order: + bias, + loraAct . loraUp^T, activation, residual + gate * y
   const float* bias = nullptr;     // [Np] or null
   const float* loraAct = nullptr;  // [Mp, Rp] or null

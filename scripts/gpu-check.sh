@@ -1,11 +1,34 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build the addon for sm_90a, run the GPU tests and the GEMM benchmark,
-# write everything under $OUT and print a short table last. Here first: `bash ../shared/device/pack.sh`,
-# then the device tool: run(carry: [".device"], command: "bash scripts/gpu-check.sh").
+# write everything under $OUT and print a short table last. Here first: `bash ../shared/device/pack.sh`
+# and `bash scripts/gpu-check.sh --pack-blas`, then the device tool:
+#   run(carry: [".device"], command: "bash scripts/gpu-check.sh", timeout_s: 600).
 # SVDQ_CUDA_ARCH overrides the architecture (e.g. 89 on an L40S); BENCH_ITERS the timed iterations.
+# The core library links OpenBLAS + LAPACKE, which the GPU machine may lack: `bash scripts/gpu-check.sh
+# --pack-blas` (here, after pack.sh) adds this machine's copies as .device/blas.tar.xz (~15 MB), used
+# there only when the system's compiler finds no cblas.h/lapacke.h.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [[ ${1:-} == --pack-blas ]]; then
+  set -e
+  tmp=$(mktemp -d); mkdir -p "$tmp/lib" "$tmp/include" .device
+  for l in libopenblas.so.0 liblapack.so.3 libblas.so.3 liblapacke.so.3 libtmglib.so.3 libgfortran.so.5 libquadmath.so.0; do
+    cp -L "/usr/lib/x86_64-linux-gnu/$l" "$tmp/lib/$l"
+    ln -s "$l" "$tmp/lib/${l%%.so*}.so"
+  done
+  cp -L /usr/include/x86_64-linux-gnu/{cblas.h,openblas_config.h} "$tmp/include/"
+  cp -L /usr/include/{lapack.h,lapacke.h,lapacke_config.h,lapacke_mangling.h,lapacke_utils.h} "$tmp/include/"
+  tar -C "$tmp" -cf - lib include | xz -T2 -6 > .device/blas.tar.xz
+  rm -rf "$tmp"; du -h .device/blas.tar.xz; exit 0
+fi
 source .device/unpack.sh
+if ! echo '#include <cblas.h>
+#include <lapacke.h>' | c++ -fsyntax-only -x c++ - 2>/dev/null && [[ -f .device/blas.tar.xz ]]; then
+  mkdir -p .device/blas && tar -C .device/blas -xJf .device/blas.tar.xz
+  export CMAKE_LIBRARY_PATH=$PWD/.device/blas/lib CMAKE_INCLUDE_PATH=$PWD/.device/blas/include
+  export LD_LIBRARY_PATH=$PWD/.device/blas/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} CPATH=$PWD/.device/blas/include
+  echo "using the carried OpenBLAS/LAPACKE (.device/blas)"
+fi
 OUT=${OUT:-$PWD/out}
 mkdir -p "$OUT"
 ARCH=${SVDQ_CUDA_ARCH:-90a}

@@ -10,6 +10,8 @@ Quantizes IN with each method (${EVAL_CONFIGS.length} configurations) and prints
 error against IN on held-out inputs (--inputs, else random ones), plus the worst layers.`;
 
 export async function main(argv: string[]): Promise<number> {
+  // Image-level fidelity on the bundled model lives with the other fidelity code.
+  if (argv.includes('--fidelity')) return (await import('../fidelity/evaluate.ts')).main(argv.filter((a) => a !== '--fidelity'));
   const { values } = parseArgs({
     args: argv,
     options: {

@@ -17,7 +17,8 @@ export function f32Tensor(values: Float32Array | number[], shape: number[]): Ten
 export function f32Values(t: TensorData): Float32Array {
   if (t.dtype !== 'F32') throw new Error(`expected an F32 tensor, got ${t.dtype}`);
   if (t.data.byteOffset % 4 === 0) return new Float32Array(t.data.buffer, t.data.byteOffset, t.data.byteLength / 4);
-  return new Float32Array(t.data.slice().buffer);
+  // Copy through Uint8Array's slice: a Node Buffer's own slice() is a view over its shared pool.
+  return new Float32Array(Uint8Array.prototype.slice.call(t.data).buffer);
 }
 
 export function numel(shape: number[]): number {

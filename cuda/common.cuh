@@ -78,16 +78,16 @@ __device__ __forceinline__ void mmaBf16(float (&d)[4], const uint32_t (&a)[4], u
 // Eight packed signed nibbles -> two words of four signed bytes: the even nibbles (k = 0,2,4,6) and the
 // odd ones. Flipping bit 3 biases a nibble to 0..15; adding 0x78 and flipping bit 7 per byte subtracts
 // the bias again (no carry crosses a byte: 15 + 0x78 = 0x87).
-__device__ __forceinline__ uint32_t s4EvenToS8(uint32_t w) {
+__host__ __device__ __forceinline__ uint32_t s4EvenToS8(uint32_t w) {
   return (((w ^ 0x88888888u) & 0x0f0f0f0fu) + 0x78787878u) ^ 0x80808080u;
 }
-__device__ __forceinline__ uint32_t s4OddToS8(uint32_t w) {
+__host__ __device__ __forceinline__ uint32_t s4OddToS8(uint32_t w) {
   return ((((w ^ 0x88888888u) >> 4) & 0x0f0f0f0fu) + 0x78787878u) ^ 0x80808080u;
 }
 
 // Unsigned nibbles (0..15) are already valid non-negative INT8 bytes once spread.
-__device__ __forceinline__ uint32_t u4EvenToS8(uint32_t w) { return w & 0x0f0f0f0fu; }
-__device__ __forceinline__ uint32_t u4OddToS8(uint32_t w) { return (w >> 4) & 0x0f0f0f0fu; }
+__host__ __device__ __forceinline__ uint32_t u4EvenToS8(uint32_t w) { return w & 0x0f0f0f0fu; }
+__host__ __device__ __forceinline__ uint32_t u4OddToS8(uint32_t w) { return (w >> 4) & 0x0f0f0f0fu; }
 
 __device__ __forceinline__ float geluTanh(float x) {
   const float k0 = 0.7978845608028654f, k1 = 0.044715f;

@@ -27,3 +27,6 @@ if [[ -n $inc && -f gemm_bf16.cu ]]; then
 else
   echo "cuda: no cublasLt.h found; gemm_bf16.cu checked without cuBLASLt only"
 fi
+# The kernels' register tricks, checked on the host (no GPU): nibble unpacking and the exact d*scale fma.
+nvcc -std=c++17 -O2 -I../native/include -I. -x cu selftest/bit_tricks.cpp -o "$out/bit_tricks"
+"$out/bit_tricks"

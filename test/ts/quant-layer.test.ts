@@ -68,7 +68,7 @@ test('on outlier activations SVDQuant beats SmoothQuant and naive W4A4; refineme
   for (const v of [naive, smooth, lowrank, svdq0, svdq, whiten, corda, fp4, w4a16]) t.true(Number.isFinite(v));
   t.true(svdq < 0.7 * naive, 'clearly better than naive');
   t.true(svdq < 0.9 * smooth, 'clearly better than SmoothQuant');
-  t.true(svdq <= svdq0 * (1 + 1e-9), 'refinement keeps the best iterate');
+  t.true(svdq <= svdq0 * (1 + 1e-6), 'refinement keeps the best iterate');
   t.true(w4a16 < naive, 'weight-only is easier than W4A4');
 });
 

@@ -109,19 +109,39 @@ struct Candidate {
   double err = std::numeric_limits<double>::infinity();
 };
 
-// Fake-quant forward of a candidate on the sample (dequantized float math, same values as the
-// integer kernel up to summation order) -> relative error.
-double score(const Problem& P, const W4A4Weights& w) {
-  W4A4Linear layer(w);
-  const int64_t S = P.X.size(0);
-  // Use the true integer kernel: sample sizes are small and it is the arithmetic that will run.
-  std::vector<float> y(static_cast<size_t>(S * P.N));
-  layer.forward(P.X.ptr(), S, y.data());
+// The candidate's output on the sample, computed as dequantized F32 GEMMs (OpenBLAS) instead of the
+// integer kernel: the same quantized values, only the summation order differs (~1e-7 relative), and
+// two orders of magnitude faster at FLUX sizes. -> relative error vs the 16-bit reference.
+double score(const Problem& P, const W4A4Weights& w, const std::vector<float>& deqR) {
+  const int64_t S = P.X.size(0), K = P.K, Kp = P.Kp, N = P.N;
+  std::vector<float> xs(static_cast<size_t>(S * Kp), 0.f), xq(xs.size());
+  for (int64_t m = 0; m < S; ++m)
+    for (int64_t k = 0; k < K; ++k) xs[m * Kp + k] = (P.X.data[m * K + k] + w.actShift) / w.smooth[k];
+  if (P.precision == QuantPrecision::Int4) {
+    std::vector<int8_t> q(xs.size());
+    std::vector<float> sc(static_cast<size_t>(S * Kp / kInt4Group));
+    quantizeInt4(xs.data(), S, Kp, q.data(), sc.data(), w.actShift > 0);
+    dequantizeInt4(q.data(), sc.data(), S, Kp, xq.data());
+  } else {
+    std::vector<uint8_t> c(static_cast<size_t>(Kp)), g(static_cast<size_t>(Kp / kFp4Group));
+    for (int64_t m = 0; m < S; ++m) {
+      const float ts = nvfp4TensorScale(xs.data() + m * Kp, Kp);
+      quantizeNvfp4(xs.data() + m * Kp, 1, Kp, ts, c.data(), g.data());
+      dequantizeNvfp4(c.data(), g.data(), ts, 1, Kp, xq.data() + m * Kp);
+    }
+  }
+  std::vector<float> y(static_cast<size_t>(S * N));
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, N, Kp, 1.f, xq.data(), Kp, deqR.data(), Kp, 0.f, y.data(), N);
+  if (const int64_t r = w.rank()) {
+    std::vector<float> t(static_cast<size_t>(S * r));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, r, K, 1.f, P.X.ptr(), K, w.loraDown.ptr(), K, 0.f, t.data(), r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, N, r, 1.f, t.data(), r, w.loraUp.ptr(), r, 1.f, y.data(), N);
+  }
   double e = 0;
   for (size_t i = 0; i < y.size(); ++i) {
-    if (!std::isfinite(y[i])) return std::numeric_limits<double>::infinity();
-    const double d = y[i] - P.Yref[i];
-    e += d * d;
+    const double v = y[i] + (w.bias.empty() ? 0.0 : w.bias[i % N]);
+    if (!std::isfinite(v)) return std::numeric_limits<double>::infinity();
+    e += (v - P.Yref[i]) * (v - P.Yref[i]);
   }
   return std::sqrt(e) / std::max(P.refNorm, 1e-30);
 }
@@ -182,7 +202,7 @@ Candidate build(const Problem& P, const std::vector<float>& lambda, const std::v
     w.bias.resize(P.bias.size());
     for (size_t i = 0; i < P.bias.size(); ++i) w.bias[i] = roundBf16(P.bias[i]);
   }
-  c.err = score(P, w);
+  c.err = score(P, w, deq);
   return c;
 }
 

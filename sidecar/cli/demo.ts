@@ -1,7 +1,7 @@
 // `svdq demo`: the main job on the bundled model. Loads the 16-bit model, quantizes it on demand with
 // SVDQuant INT4, samples one image per class from the same seeds with both, writes a side-by-side PNG
 // and prints memory, time per step and fidelity.
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Engine } from '../engine/engine.ts';
@@ -42,7 +42,8 @@ export async function main(argv: string[]): Promise<number> {
   mkdirSync(outDir, { recursive: true });
   const rank = Number(values.rank);
   const qPath = join(outDir, `flux-fmnist-svdq-int4-r${rank}.safetensors`);
-  if (values.requantize || !existsSync(qPath)) {
+  // Quantized on demand, once: redone when asked or when the bundled model is newer than the cache.
+  if (values.requantize || !existsSync(qPath) || statSync(qPath).mtimeMs < statSync(bundled.model).mtimeMs) {
     const bar = progressBar('quantize');
     const t0 = performance.now();
     const r = await quantizeCheckpoint(

@@ -2,7 +2,7 @@
 // Each variant samples the same seeds; PSNR/SSIM are against the 16-bit sample of the same seed, the
 // classifier judges the class, and a Fréchet distance compares generated and real test images in the
 // classifier's hidden-feature space (NOT FID: no Inception network here).
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { progressBar } from '../cli/progress.ts';
@@ -80,7 +80,7 @@ export async function main(argv: string[]): Promise<number> {
     let path = bundled.model;
     if (v.quant) {
       path = join(outDir, `${v.name.replace(/[^A-Za-z0-9]+/g, '_')}.safetensors`);
-      if (!existsSync(path)) {
+      if (!existsSync(path) || statSync(path).mtimeMs < statSync(bundled.model).mtimeMs) {
         const bar = progressBar(`quantize ${v.name}`);
         await quantizeCheckpoint({ input: bundled.model, output: path, force: true, ...v.quant }, { onProgress: bar.update });
         bar.stop();

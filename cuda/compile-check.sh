@@ -30,3 +30,4 @@ fi
 # The kernels' register tricks, checked on the host (no GPU): nibble unpacking and the exact d*scale fma.
 nvcc -std=c++17 -O2 -I../native/include -I. -x cu selftest/bit_tricks.cpp -o "$out/bit_tricks"
 "$out/bit_tricks"
+if python3 -c 'import numpy' 2>/dev/null; then python3 selftest/fragments.py; else echo "cuda: numpy missing, fragment emulation skipped"; fi

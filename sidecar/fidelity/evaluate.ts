@@ -33,7 +33,7 @@ export const VARIANTS: Variant[] = [
   { name: 'SVDQuant INT4 r32 whiten', quant: { method: 'svdquant', precision: 'int4', rank: 32, lowrank: 'whiten' } },
 ];
 
-export const USAGE = `svdq eval --fidelity [--samples 500] [--steps N] [--batch 50] [--out DIR] [--only SUBSTR]
+export const USAGE = `svdq eval --fidelity [--samples 500] [--steps N] [--batch 50] [--cfg 2.0] [--out DIR] [--only SUBSTR]
 
 Samples the bundled model with every quantization variant on fixed seeds and prints PSNR/SSIM vs
 the 16-bit samples, classifier accuracy, and a Fréchet distance to real test images in the
@@ -46,6 +46,7 @@ export async function main(argv: string[]): Promise<number> {
       samples: { type: 'string', default: '500' },
       steps: { type: 'string' },
       batch: { type: 'string', default: '50' },
+      cfg: { type: 'string', default: '2' },
       out: { type: 'string', default: 'out/fidelity' },
       only: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -94,7 +95,7 @@ export async function main(argv: string[]): Promise<number> {
     for (let b0 = 0; b0 < n; b0 += batch) {
       const ls = labels.slice(b0, b0 + batch);
       const r = await sampleClasses(engine, bundled.cond, {
-        labels: ls, seeds: seeds.slice(b0, b0 + batch), steps, mu: bundled.mu, latentShape: bundled.latentShape,
+        labels: ls, seeds: seeds.slice(b0, b0 + batch), steps, mu: bundled.mu, cfg: Number(values.cfg), latentShape: bundled.latentShape,
       });
       secondsPerStep += r.secondsPerStep;
       images.push(...latentToImages(r.latents, ls.length));
@@ -120,7 +121,7 @@ export async function main(argv: string[]): Promise<number> {
     console.log(rows[rows.length - 1]);
   }
   const table = [
-    `Bundled model, ${n} samples (seeds 100000..${100000 + n - 1}, classes round-robin), ${steps} Euler steps.`,
+    `Bundled model, ${n} samples (seeds 100000..${100000 + n - 1}, classes round-robin), ${steps} Euler steps, CFG ${values.cfg}.`,
     `Real test images: classifier accuracy ${(100 * realAcc).toFixed(1)}% on the same count. FD = Fréchet distance to`,
     `${n} real test images in the classifier's 256-d ReLU feature space (not FID's Inception).`,
     '',

@@ -84,9 +84,6 @@ class W4A16Linear : public Linear {
   W4A16Weights w_;
 };
 
-// y += sum over attached LoRAs of scale * (x A^T) B^T (the raw-input branch every layer kind shares).
-void addLoraBranches(const Linear& layer, const float* x, int64_t M, float* y);
-
 // True when `layer` (a BFL layer name such as "double_blocks.0.img_attn.qkv") is stored quantized.
 bool hasQuantizedLinear(const SafetensorsFile& file, const std::string& layer);
 // Builds the quantized layer from its tensors; throws svdq::Error naming the file and key.

@@ -39,16 +39,6 @@ std::vector<T> transposed(const T* v, int64_t rows, int64_t cols) {
 }
 }  // namespace
 
-void addLoraBranches(const Linear& layer, const float* x, int64_t M, float* y) {
-  const int64_t in = layer.inFeatures(), out = layer.outFeatures();
-  for (const auto& f : layer.loras) {
-    const int64_t r = f.down.shape.at(0);
-    std::vector<float> t(static_cast<size_t>(M * r));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, r, in, 1.f, x, in, f.down.ptr(), in, 0.f, t.data(), r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, out, r, f.scale, t.data(), r, f.up.ptr(), r, 1.f, y, out);
-  }
-}
-
 // ---------------- W4A4 ----------------
 W4A4Linear::W4A4Linear(W4A4Weights w) : w_(std::move(w)) {}
 
@@ -93,7 +83,7 @@ void W4A4Linear::forward(const float* x, int64_t M, float* y) const {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, r, K, 1.f, x, K, w_.loraDown.ptr(), K, 0.f, t.data(), r);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, r, 1.f, t.data(), r, w_.loraUp.ptr(), r, 1.f, y, N);
   }
-  addLoraBranches(*this, x, M, y);
+  applyLoras(*this, x, M, y);
 }
 
 // ---------------- W4A16 ----------------
@@ -123,7 +113,7 @@ void W4A16Linear::forward(const float* x, int64_t M, float* y) const {
   if (!w_.bias.empty())
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < N; ++n) y[m * N + n] += w_.bias[n];
-  addLoraBranches(*this, x, M, y);
+  applyLoras(*this, x, M, y);
 }
 
 // ---------------- checkpoint I/O ----------------

@@ -48,3 +48,17 @@ struct EngineHandle {
 // The handle behind a JS Engine object, or nullptr when `v` is not one (or was disposed).
 std::shared_ptr<EngineHandle> engineFromJs(const Napi::Value& v);
 }  // namespace svdq::binding
+
+namespace svdq::binding {
+// Runs f, turning svdq::Error (any std::exception) into a JS exception; JS errors pass through.
+template <class F>
+Napi::Value guard(Napi::Env env, F f) {
+  try {
+    return f();
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+}
+}  // namespace svdq::binding

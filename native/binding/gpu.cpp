@@ -18,16 +18,6 @@
 namespace svdq::binding {
 namespace {
 
-template <class F>
-Napi::Value guard(Napi::Env env, F f) {
-  try {
-    return f();
-  } catch (const Napi::Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw Napi::Error::New(env, e.what());
-  }
-}
 
 #ifdef SVDQ_WITH_CUDA
 namespace cu = svdq::cuda;

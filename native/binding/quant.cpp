@@ -37,17 +37,6 @@ TA out(Napi::Env env, const std::vector<T>& v) {
   std::copy(v.begin(), v.end(), a.Data());
   return a;
 }
-// Runs f, turning svdq::Error into a JS exception.
-template <class F>
-Napi::Value guard(Napi::Env env, F f) {
-  try {
-    return f();
-  } catch (const Napi::Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw Napi::Error::New(env, e.what());
-  }
-}
 
 // quantizeInt4(x: Float32Array, rows, cols, unsigned?) -> {q: Int8Array, scales: Float32Array}
 Napi::Value QuantizeInt4(const Napi::CallbackInfo& info) {

@@ -1,6 +1,7 @@
 // Typed access to the native quantizer binding (native/binding/quant.cpp): primitives for tests and
 // the async checkpoint quantizer. Nothing here computes; it only names the addon's functions.
 import { createRequire } from 'node:module';
+import type { QuantizeOptions } from '../engine/types.ts';
 
 export interface QuantizedLayerParts {
   kind: string;
@@ -43,15 +44,7 @@ export interface QuantizeLayerArgs {
 }
 
 /** Options of the native checkpoint quantizer (superset of QuantizeOptions in engine/types.ts). */
-export interface NativeQuantizeOptions {
-  input: string;
-  output: string;
-  precision?: 'int4' | 'nvfp4';
-  rank?: number;
-  method?: 'svdquant' | 'smoothquant' | 'lowrank' | 'naive' | 'w4a16';
-  lowrank?: 'svd' | 'corda' | 'whiten';
-  calib?: string;
-  force?: boolean;
+export interface NativeQuantizeOptions extends QuantizeOptions {
   refine?: number;
   gridStep?: number;
   adaln?: 'w4a16' | '16bit';

@@ -35,12 +35,18 @@ JsTensor tensorFromJs(Napi::Env env, const Napi::Value& v, const std::string& wh
   return t;
 }
 
+namespace {
+Napi::Array shapeToJs(Napi::Env env, const std::vector<int64_t>& shape) {
+  Napi::Array sh = Napi::Array::New(env, shape.size());
+  for (size_t i = 0; i < shape.size(); i++) sh.Set(static_cast<uint32_t>(i), Napi::Number::New(env, static_cast<double>(shape[i])));
+  return sh;
+}
+}  // namespace
+
 Napi::Object tensorToJs(Napi::Env env, DType dtype, const std::vector<int64_t>& shape, const void* data, size_t bytes) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("dtype", dtypeName(dtype));
-  Napi::Array sh = Napi::Array::New(env, shape.size());
-  for (size_t i = 0; i < shape.size(); i++) sh.Set(static_cast<uint32_t>(i), Napi::Number::New(env, static_cast<double>(shape[i])));
-  o.Set("shape", sh);
+  o.Set("shape", shapeToJs(env, shape));
   o.Set("data", Napi::Uint8Array::New(env, bytes));
   if (bytes) std::memcpy(o.Get("data").As<Napi::Uint8Array>().Data(), data, bytes);
   return o;
@@ -95,9 +101,7 @@ Napi::Value InspectSafetensors(const Napi::CallbackInfo& info) {
       const TensorInfo& ti = f->info(name);
       Napi::Object t = Napi::Object::New(env);
       t.Set("dtype", dtypeName(ti.dtype));
-      Napi::Array sh = Napi::Array::New(env, ti.shape.size());
-      for (size_t i = 0; i < ti.shape.size(); i++) sh.Set(static_cast<uint32_t>(i), Napi::Number::New(env, static_cast<double>(ti.shape[i])));
-      t.Set("shape", sh);
+      t.Set("shape", shapeToJs(env, ti.shape));
       tensors.Set(name, t);
     }
     out.Set("metadata", metadataToJs(env, *f));

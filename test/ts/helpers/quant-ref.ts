@@ -1,16 +1,9 @@
 // Independent float64 references for the quantizer tests (written from the format's definition, not
 // from the C++): BF16 rounding, round-half-even, INT4 group quantization, nibble decoding, a seeded RNG.
 
-export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { rng } from '../../../tools/fixtures/outlier-flux.ts';
+
+export { rng };
 
 export function gaussian(n: number, seed: number, sigma = 1): Float32Array {
   const r = rng(seed);

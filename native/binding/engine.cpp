@@ -1,7 +1,10 @@
 // Node-API glue for the engine: class Engine { constructor(path, options), forward(inputs, cancel?),
 // info(), dispose() }. Forwards run on worker threads so the event loop stays free.
+#include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <iterator>
+#include <limits>
 #include <optional>
 
 #include "binding.h"
@@ -67,15 +70,36 @@ class Engine : public Napi::ObjectWrap<Engine> {
 };
 
 // Converts a JS tensor of a floating dtype to F32, naming the input on error.
-Tensor floatInput(Napi::Env env, const Napi::Object& inputs, const char* name) {
-  JsTensor t = tensorFromJs(env, inputs.Get(name), std::string("input '") + name + "'");
+Tensor floatTensor(Napi::Env env, const Napi::Value& v, const std::string& what) {
+  JsTensor t = tensorFromJs(env, v, what);
   if (t.dtype != DType::F32 && t.dtype != DType::BF16 && t.dtype != DType::F16)
-    throw Napi::TypeError::New(env, std::string("input '") + name + "': dtype " + dtypeName(t.dtype) +
-                                        " is not supported (F32, BF16, F16)");
+    throw Napi::TypeError::New(env, what + ": dtype " + dtypeName(t.dtype) + " is not supported (F32, BF16, F16)");
   Tensor out(t.shape);
   toF32(t.dtype, t.data, out.ptr(), out.data.size());
   return out;
 }
+
+Tensor floatInput(Napi::Env env, const Napi::Object& inputs, const char* name) {
+  return floatTensor(env, inputs.Get(name), std::string("input '") + name + "'");
+}
+
+// An attention mask as an additive bias: float masks are added as they are; boolean masks follow
+// PyTorch's SDPA (true = attend), false becoming -inf.
+Tensor attentionBias(Napi::Env env, const Napi::Value& v) {
+  const std::string what = "input 'attention_mask'";
+  JsTensor t = tensorFromJs(env, v, what);
+  if (t.dtype != DType::BOOL) return floatTensor(env, v, what);
+  Tensor out(t.shape);
+  for (size_t i = 0; i < out.data.size(); i++) out.data[i] = t.data[i] ? 0.f : -std::numeric_limits<float>::infinity();
+  return out;
+}
+
+bool present(const Napi::Object& o, const char* key) {
+  return o.Has(key) && !o.Get(key).IsUndefined() && !o.Get(key).IsNull();
+}
+
+constexpr const char* kInputNames[] = {"x", "timestep", "context", "y", "guidance", "attention_mask", "ref_latents",
+                                       "ref_latents_method"};
 
 class ForwardWorker : public Napi::AsyncWorker {
  public:
@@ -120,16 +144,29 @@ Napi::Value Engine::forward(const Napi::CallbackInfo& info) {
   Napi::Array keys = o.GetPropertyNames();
   for (uint32_t i = 0; i < keys.Length(); i++) {
     std::string k = keys.Get(i).ToString();
-    if (k != "x" && k != "timestep" && k != "context" && k != "y" && k != "guidance")
-      throw Napi::TypeError::New(env, "forward: unknown input '" + k + "' (expected x, timestep, context, y, guidance)");
+    if (std::none_of(std::begin(kInputNames), std::end(kInputNames), [&](const char* n) { return k == n; }))
+      throw Napi::TypeError::New(env, "forward: unknown input '" + k +
+                                          "' (expected x, timestep, context, y, guidance, attention_mask, ref_latents, "
+                                          "ref_latents_method)");
   }
   FluxInputs in;
   in.x = floatInput(env, o, "x");
   in.timestep = floatInput(env, o, "timestep");
   in.context = floatInput(env, o, "context");
   in.y = floatInput(env, o, "y");
-  if (o.Has("guidance") && !o.Get("guidance").IsUndefined() && !o.Get("guidance").IsNull())
-    in.guidance = floatInput(env, o, "guidance");
+  if (present(o, "guidance")) in.guidance = floatInput(env, o, "guidance");
+  if (present(o, "attention_mask")) in.attentionMask = attentionBias(env, o.Get("attention_mask"));
+  if (present(o, "ref_latents")) {
+    if (!o.Get("ref_latents").IsArray()) throw Napi::TypeError::New(env, "input 'ref_latents': expected an array of tensors");
+    Napi::Array refs = o.Get("ref_latents").As<Napi::Array>();
+    for (uint32_t i = 0; i < refs.Length(); i++)
+      in.refLatents.push_back(floatTensor(env, refs.Get(i), "input 'ref_latents[" + std::to_string(i) + "]'"));
+  }
+  if (present(o, "ref_latents_method")) {
+    if (!o.Get("ref_latents_method").IsString())
+      throw Napi::TypeError::New(env, "input 'ref_latents_method': expected a string");
+    in.refMethod = o.Get("ref_latents_method").As<Napi::String>().Utf8Value();
+  }
   Napi::Int32Array cancel;
   if (info.Length() >= 2 && info[1].IsTypedArray() && info[1].As<Napi::TypedArray>().TypedArrayType() == napi_int32_array)
     cancel = info[1].As<Napi::Int32Array>();

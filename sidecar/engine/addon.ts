@@ -25,7 +25,7 @@ export interface Addon {
 }
 
 export interface NativeEngine {
-  forward(inputs: Record<string, TensorData | undefined>, cancel?: Int32Array): Promise<TensorData>;
+  forward(inputs: Record<string, TensorData | TensorData[] | string | undefined>, cancel?: Int32Array): Promise<TensorData>;
   info(): NativeEngineInfo;
   dispose(): void;
 }

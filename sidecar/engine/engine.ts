@@ -8,7 +8,7 @@ import type { ForwardInputs, ForwardOptions, LoadOptions, TensorData } from './t
 
 export type EngineInfo = NativeEngineInfo;
 
-const INPUT_NAMES = new Set(['x', 'timestep', 'context', 'y', 'guidance']);
+const INPUT_NAMES = new Set(['x', 'timestep', 'context', 'y', 'guidance', 'attention_mask', 'ref_latents', 'ref_latents_method']);
 
 export class Engine {
   private loras: LoraStack;
@@ -47,15 +47,16 @@ export class Engine {
     const native = this.live();
     // A misspelt key (say 'guidence') would otherwise be dropped silently and change the result.
     for (const k of Object.keys(inputs))
-      if (!INPUT_NAMES.has(k)) throw new Error(`forward: unknown input '${k}' (expected x, timestep, context, y, guidance)`);
+      if (!INPUT_NAMES.has(k)) throw new Error(`forward: unknown input '${k}' (expected ${[...INPUT_NAMES].join(', ')})`);
     const { signal } = opts;
     if (signal?.aborted) throw abortError(signal);
     const cancel = new Int32Array(new SharedArrayBuffer(4));
     const onAbort = () => Atomics.store(cancel, 0, 1);
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      const { x, timestep, context, y, guidance } = inputs;
-      return await native.forward(guidance ? { x, timestep, context, y, guidance } : { x, timestep, context, y }, cancel);
+      // Absent optional inputs are left out rather than passed as undefined.
+      const given = Object.fromEntries(Object.entries(inputs).filter(([, v]) => v !== undefined));
+      return await native.forward(given, cancel);
     } catch (e) {
       if (signal?.aborted) throw abortError(signal);
       throw e;

@@ -10,13 +10,25 @@ export interface TensorData {
   data: Uint8Array;
 }
 
-/** What ComfyUI's Flux forward takes: x [B,C,H,W], timestep [B] in 0..1, context [B,T,Dctx], y [B,Dvec]. */
+/** How reference latents get their position ids (ComfyUI's `ref_latents_method`). */
+export const REF_LATENTS_METHODS = ['offset', 'index', 'uxo', 'index_timestep_zero'] as const;
+export type RefLatentsMethod = (typeof REF_LATENTS_METHODS)[number];
+
+/**
+ * What ComfyUI's Flux forward takes: x [B,C,H,W], timestep [B] in 0..1, context [B,T,Dctx], y [B,Dvec];
+ * names are ComfyUI's. Kontext reference latents [B or 1,C,h,w] are appended as image tokens; the
+ * attention mask is an additive bias (BOOL: true = attend) over the joint (text, image, reference)
+ * sequence of length L: [L,L], [B or 1,L,L] or [B or 1,1 or heads,L,L].
+ */
 export interface ForwardInputs {
   x: TensorData;
   timestep: TensorData;
   context: TensorData;
   y: TensorData;
   guidance?: TensorData;
+  attention_mask?: TensorData;
+  ref_latents?: TensorData[];
+  ref_latents_method?: RefLatentsMethod;
 }
 
 export interface ForwardOptions {

@@ -158,3 +158,56 @@ def test_engine_head_dim_128_default_axes(make_fixture, svdq_forward):
     f = make_fixture(hidden=256, heads=2, depth=1, single=1, seed=random.randrange(1 << 30))
     assert f["axes"] == [16, 56, 56]
     _check(svdq_forward, f, pass_axes=False)
+
+
+# ------------------------------------------------------------------ Kontext reference latents, attention mask
+
+def _tokens(t: torch.Tensor) -> int:
+    return ((t.shape[-2] + 1) // 2) * ((t.shape[-1] + 1) // 2)
+
+
+@pytest.mark.parametrize("method,mask_kind", [("offset", "bool"), ("index", "float"), ("uxo", None),
+                                              ("offset", None)])
+def test_engine_matches_reference_with_reference_latents_and_mask(make_fixture, svdq_forward, tmp_path, method, mask_kind):
+    from safetensors.torch import save_file
+
+    seed = random.randrange(1 << 30)
+    f = make_fixture(fmt="bfl", guidance=True, batch=2, height=10, width=14, seed=seed)
+    inp = load_file(f["inputs"])
+    g = torch.Generator().manual_seed(seed)
+    b, c = inp["x"].shape[:2]
+    # one reference shared by the batch (batch 1), one per item with odd sides (padded to patches)
+    refs = [torch.randn(1, c, 8, 12, generator=g), torch.randn(b, c, 9, 7, generator=g)]
+    L = inp["context"].shape[1] + _tokens(inp["x"]) + sum(_tokens(r) for r in refs)
+    mask = None
+    if mask_kind == "bool":  # every query keeps itself, so no row is fully masked
+        mask = (torch.rand(b, L, L, generator=g) > 0.3) | torch.eye(L, dtype=torch.bool)
+    elif mask_kind == "float":
+        mask = torch.randn(L, L, generator=g) * 2
+    model = fm.load_reference(f["model"], axes=f["axes"])
+    args = [inp[k].double() for k in ("x", "timestep", "context", "y", "guidance")]
+    with torch.no_grad():
+        want = model(*args, ref_latents=[r.double() for r in refs], ref_latents_method=method,
+                     attention_mask=None if mask is None else (mask if mask.dtype == torch.bool else mask.double()))
+        plain = model(*args)
+    assert rel_l2(want, plain) > 1e-3, "the reference latents should change the output"
+
+    tensors = dict(inp)
+    tensors.update({f"ref_latents.{i}": r.contiguous() for i, r in enumerate(refs)})
+    if mask is not None:
+        tensors["attention_mask"] = mask.contiguous()
+    path = str(tmp_path / "kontext-inputs.safetensors")
+    save_file(tensors, path, metadata={"ref_latents_method": method})
+    out = svdq_forward(f["model"], path, f["axes"])
+    assert out.shape == want.shape and not torch.isnan(out).any()
+    err = rel_l2(out, want)
+    assert err <= TOL, f"relative L2 error {err:.3e} > {TOL:g}"
+
+
+def test_reference_offsets_follow_comfyui_rules():
+    r = [torch.zeros(1, 1, 8, 12), torch.zeros(1, 1, 10, 4)]
+    # offset: first at (0, 0); the second (taller than the running width allows) goes beside it
+    assert fm.reference_offsets(r, "offset", 16, 16) == [(1.0, 0, 0), (1.0, 0, 12)]
+    assert fm.reference_offsets(r, "index", 16, 16) == [(1.0, 0, 0), (2.0, 0, 0)]
+    # uxo: below-right of the (patch-rounded) image, accumulating
+    assert fm.reference_offsets(r, "uxo", 15, 16) == [(0.0, 16, 16), (0.0, 24, 28)]

@@ -9,7 +9,7 @@ import { addon } from '../../sidecar/engine/addon.ts';
 import { Engine } from '../../sidecar/engine/engine.ts';
 import { f32Values } from '../../sidecar/engine/tensor.ts';
 import type { TensorData } from '../../sidecar/engine/types.ts';
-import { tinyInputs, writeTinyFlux } from './helpers/tiny-flux.ts';
+import { inputTensors, tinyInputs, writeTinyFlux } from './helpers/tiny-flux.ts';
 
 const repo = fileURLToPath(new URL('../..', import.meta.url));
 const cli = join(repo, 'bin', 'svdq.mjs');
@@ -30,7 +30,7 @@ let inputs: Record<string, TensorData>;
 
 test.before(async () => {
   const cfg = await writeTinyFlux(model, { seed: 21, guidance: true });
-  inputs = { ...tinyInputs(cfg, { seed: 22, batch: 2, height: 9, width: 6, textTokens: 5 }) } as Record<string, TensorData>;
+  inputs = inputTensors(tinyInputs(cfg, { seed: 22, batch: 2, height: 9, width: 6, textTokens: 5 }));
   addon().writeSafetensors(inputsPath, inputs, {}, true);
 });
 

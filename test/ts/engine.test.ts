@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { addon } from '../../sidecar/engine/addon.ts';
 import { Engine } from '../../sidecar/engine/engine.ts';
-import { bytesOf, f32Values } from '../../sidecar/engine/tensor.ts';
+import { bytesOf, f32Tensor, f32Values } from '../../sidecar/engine/tensor.ts';
+import { SeededRandom } from '../../sidecar/sampling/rng.ts';
 import type { ForwardInputs, TensorData } from '../../sidecar/engine/types.ts';
 import { tinyFluxTensors, tinyInputs, writeTinyFlux } from './helpers/tiny-flux.ts';
 
@@ -147,12 +148,44 @@ test('bad inputs are JS errors naming the input and expected vs got', async (t) 
     ['bytes vs shape', { y: { dtype: 'F32', shape: [2, 16], data: new Uint8Array(12) } }, /input 'y': shape \[2, 16\] of F32 needs 128 bytes, got 12/],
     ['unknown input', { bogus: f32([1]) }, /unknown input 'bogus'/],
     ['not a tensor', { context: 'hello' as unknown as TensorData }, /input 'context': expected a tensor/],
+    ['reference channels', { ref_latents: [f32([1, 3, 4, 4])] }, /input 'ref_latents\[0\]': expected shape \[2 or 1, 4, h, w\], got \[1, 3, 4, 4\]/],
+    ['reference batch', { ref_latents: [f32([1, 4, 4, 4]), f32([3, 4, 4, 4])] }, /input 'ref_latents\[1\]': expected shape \[2 or 1/],
+    ['references not an array', { ref_latents: f32([1, 4, 4, 4]) as unknown as TensorData[] }, /input 'ref_latents': expected an array of tensors/],
+    ['reference method', { ref_latents_method: 'spiral' as 'index' }, /ref_latents_method': expected offset, index, uxo or index_timestep_zero, got 'spiral'/],
+    ['mask length', { attention_mask: f32([19, 19]) }, /input 'attention_mask': expected shape .* with L = 20 \(4 text \+ 16 image\/reference tokens\).*got \[19, 19\]/],
+    ['mask heads', { attention_mask: f32([2, 3, 20, 20]) }, /input 'attention_mask'.*heads 2 or 1; got \[2, 3, 20, 20\]/],
+    ['mask dtype', { attention_mask: { dtype: 'I8', shape: [20, 20], data: new Uint8Array(400) } }, /input 'attention_mask': dtype I8 is not supported/],
   ];
   for (const [what, patch, msg] of cases) {
     await t.throwsAsync(e.forward({ ...ok, ...patch } as ForwardInputs), { message: msg }, what);
   }
   // The engine is still usable afterwards.
   t.deepEqual((await e.forward(ok)).shape, [2, 4, 8, 8]);
+  e.dispose();
+});
+
+test('reference latents: batch 1 broadcasts, they change the output, and neutral masks change nothing', async (t) => {
+  const p = path('kontext');
+  const cfg = await writeTinyFlux(p, { seed: 17 });
+  const e = await Engine.load(p);
+  const inp = tinyInputs(cfg, { seed: 18, batch: 2, height: 8, width: 6, textTokens: 3 });
+  const rng = new SeededRandom(19);
+  const one = rng.normal(cfg.inChannels * 5 * 7);
+  const shared = f32Tensor(one, [1, cfg.inChannels, 5, 7]);
+  const repeated = f32Tensor(Float32Array.from([...one, ...one]), [2, cfg.inChannels, 5, 7]);
+  const plain = f32Values(await e.forward(inp));
+  const withRef = await e.forward({ ...inp, ref_latents: [shared] });
+  t.deepEqual(withRef.shape, [2, cfg.inChannels, 8, 6], 'the output covers the image tokens only');
+  t.true(relL2(f32Values(withRef), plain) > 1e-3);
+  t.deepEqual(f32Values(await e.forward({ ...inp, ref_latents: [repeated] })), f32Values(withRef));
+  t.notDeepEqual(f32Values(await e.forward({ ...inp, ref_latents: [shared], ref_latents_method: 'uxo' })), f32Values(withRef));
+  const L = 3 + 12 + 12;
+  t.deepEqual(f32Values(await e.forward({ ...inp, ref_latents: [shared], attention_mask: f32Tensor(new Float32Array(L * L), [L, L]) })), f32Values(withRef));
+  // A query row with every key masked outputs zeros instead of NaN; the others are unaffected by it.
+  const keep = new Uint8Array(2 * L * L).fill(1);
+  keep.fill(0, 5 * L, 6 * L);
+  const out = f32Values(await e.forward({ ...inp, ref_latents: [shared], attention_mask: { dtype: 'BOOL', shape: [2, L, L], data: keep } }));
+  t.false(out.some((v) => !Number.isFinite(v)));
   e.dispose();
 });
 

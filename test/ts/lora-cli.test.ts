@@ -10,7 +10,7 @@ import { addon } from '../../sidecar/engine/addon.ts';
 import { Engine } from '../../sidecar/engine/engine.ts';
 import { f32Values } from '../../sidecar/engine/tensor.ts';
 import type { TensorData } from '../../sidecar/engine/types.ts';
-import { tinyInputs, writeTinyFlux } from './helpers/tiny-flux.ts';
+import { inputTensors, tinyInputs, writeTinyFlux } from './helpers/tiny-flux.ts';
 import { asDiffusers, asKohya, randomLora, writeSafetensorsFile } from './helpers/lora-fixtures.ts';
 
 test('file with and without a strength', (t) => {
@@ -53,7 +53,7 @@ test('svdq forward --lora (repeatable, with strengths) equals the facade with th
   const model = join(dir, 'model.safetensors');
   const inputsPath = join(dir, 'in.safetensors');
   const cfg = await writeTinyFlux(model, { seed: 31, guidance: true });
-  const inputs = { ...tinyInputs(cfg, { seed: 32, batch: 1, height: 6, width: 6, textTokens: 4 }) } as Record<string, TensorData>;
+  const inputs = inputTensors(tinyInputs(cfg, { seed: 32, batch: 1, height: 6, width: 6, textTokens: 4 }));
   addon().writeSafetensors(inputsPath, inputs, {}, true);
   const e = await Engine.load(model);
   const layers = new Map(e.info().layers.map((l: { name: string; in: number; out: number }) => [l.name, { in: l.in, out: l.out }]));

@@ -114,10 +114,11 @@ def apply_rope(x: Tensor, pe: Tensor) -> Tensor:
     return out.reshape(x.shape).to(x.dtype)
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, pe: Tensor) -> Tensor:
-    """q, k, v [B, H, L, D]; returns [B, L, H*D]."""
+def attention(q: Tensor, k: Tensor, v: Tensor, pe: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """q, k, v [B, H, L, D]; mask broadcastable to [B, H, L, L] (bool: True = attend, else added to
+    the scores), as ComfyUI's optimized_attention takes it; returns [B, L, H*D]."""
     q, k = apply_rope(q, pe), apply_rope(k, pe)
-    x = F.scaled_dot_product_attention(q, k, v)
+    x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     b, h, l, d = x.shape
     return x.transpose(1, 2).reshape(b, l, h * d)
 
@@ -198,13 +199,13 @@ class DoubleStreamBlock(nn.Module):
         self.txt_attn = SelfAttention(h, cfg.num_heads, cfg.qkv_bias)
         self.txt_mlp = mlp(h, m)
 
-    def forward(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor):
+    def forward(self, img: Tensor, txt: Tensor, vec: Tensor, pe: Tensor, mask: Optional[Tensor] = None):
         i_sh1, i_sc1, i_g1, i_sh2, i_sc2, i_g2 = self.img_mod(vec)
         t_sh1, t_sc1, t_g1, t_sh2, t_sc2, t_g2 = self.txt_mod(vec)
         iq, ik, iv = self.img_attn.qkv_heads((1 + i_sc1) * layer_norm(img) + i_sh1)
         tq, tk, tv = self.txt_attn.qkv_heads((1 + t_sc1) * layer_norm(txt) + t_sh1)
         # joint attention over concat(txt, img), txt first
-        a = attention(torch.cat([tq, iq], 2), torch.cat([tk, ik], 2), torch.cat([tv, iv], 2), pe)
+        a = attention(torch.cat([tq, iq], 2), torch.cat([tk, ik], 2), torch.cat([tv, iv], 2), pe, mask)
         lt = txt.shape[1]
         t_a, i_a = a[:, :lt], a[:, lt:]
         img = img + i_g1 * self.img_attn.proj(i_a)
@@ -224,14 +225,14 @@ class SingleStreamBlock(nn.Module):
         self.norm = QKNorm(cfg.head_dim)
         self.modulation = Modulation(h, False)
 
-    def forward(self, x: Tensor, vec: Tensor, pe: Tensor) -> Tensor:
+    def forward(self, x: Tensor, vec: Tensor, pe: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         shift, scale, gate = self.modulation(vec)
         x_mod = (1 + scale) * layer_norm(x) + shift
         qkv, mlp_in = torch.split(self.linear1(x_mod), [3 * self.hidden, self.mlp_hidden], dim=-1)
         b, l, _ = x.shape
         qkv = qkv.reshape(b, l, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = self.norm.query_norm(qkv[0]), self.norm.key_norm(qkv[1]), qkv[2]
-        a = attention(q, k, v, pe)
+        a = attention(q, k, v, pe, mask)
         out = self.linear2(torch.cat([a, F.gelu(mlp_in, approximate="tanh")], dim=-1))
         return x + gate * out
 
@@ -266,7 +267,8 @@ class Flux(nn.Module):
         self.final_layer = LastLayer(h, 4 * cfg.out_channels)
 
     def forward_tokens(self, img: Tensor, img_ids: Tensor, txt: Tensor, txt_ids: Tensor,
-                       timesteps: Tensor, y: Tensor, guidance: Optional[Tensor] = None) -> Tensor:
+                       timesteps: Tensor, y: Tensor, guidance: Optional[Tensor] = None,
+                       mask: Optional[Tensor] = None) -> Tensor:
         dt = img.dtype
         img = self.img_in(img)
         vec = self.time_in(timestep_embedding(timesteps, 256).to(dt))
@@ -277,21 +279,53 @@ class Flux(nn.Module):
         pe = embed_nd(torch.cat([txt_ids, img_ids], dim=1), self.cfg.axes, self.cfg.theta)
         if dt != torch.float64:
             pe = pe.to(dt)
+        if mask is not None:  # [L, L] / [B, L, L] / [B, H, L, L] -> 4-D
+            mask = mask[None, None] if mask.ndim == 2 else mask[:, None] if mask.ndim == 3 else mask
+            mask = mask if mask.dtype == torch.bool else mask.to(dt)
         for blk in self.double_blocks:
-            img, txt = blk(img, txt, vec, pe)
+            img, txt = blk(img, txt, vec, pe, mask)
         x = torch.cat([txt, img], dim=1)
         for blk in self.single_blocks:
-            x = blk(x, vec, pe)
+            x = blk(x, vec, pe, mask)
         return self.final_layer(x[:, txt.shape[1]:], vec)
 
     def forward(self, x: Tensor, timestep: Tensor, context: Tensor, y: Tensor,
-                guidance: Optional[Tensor] = None) -> Tensor:
-        """ComfyUI's Flux forward: x [B, C, H, W] -> [B, C, H, W]."""
+                guidance: Optional[Tensor] = None, ref_latents: Optional[Sequence[Tensor]] = None,
+                ref_latents_method: str = "offset", attention_mask: Optional[Tensor] = None) -> Tensor:
+        """ComfyUI's Flux forward: x [B, C, H, W] -> [B, C, H, W]. Reference latents (Kontext) join
+        the image tokens with the position ids ComfyUI gives them; the output covers x's tokens."""
         b, c, h, w = x.shape
         img, img_ids, hl, wl = patchify(x)
+        for ref, (index, h_off, w_off) in zip(ref_latents or [], reference_offsets(ref_latents or [], ref_latents_method, h, w)):
+            r_tok, r_ids, _, _ = patchify(ref.expand(b, -1, -1, -1) if ref.shape[0] == 1 else ref)
+            r_ids = r_ids.clone()
+            r_ids[..., 0] = index
+            r_ids[..., 1] += (h_off + 1) // 2
+            r_ids[..., 2] += (w_off + 1) // 2
+            img, img_ids = torch.cat([img, r_tok], 1), torch.cat([img_ids, r_ids], 1)
         txt_ids = torch.zeros(b, context.shape[1], 3, dtype=x.dtype, device=x.device)
-        out = self.forward_tokens(img, img_ids, context, txt_ids, timestep, y, guidance)
-        return unpatchify(out, hl, wl, h, w)
+        out = self.forward_tokens(img, img_ids, context, txt_ids, timestep, y, guidance, attention_mask)
+        return unpatchify(out[:, :hl * wl], hl, wl, h, w)
+
+
+def reference_offsets(refs: Sequence[Tensor], method: str, h: int, w: int) -> List[tuple]:
+    """(index, row offset, column offset) in latent pixels per reference latent, following
+    ComfyUI's Flux._forward: 'index' numbers them, 'uxo' places them below-right of the image,
+    anything else ('offset') tiles them at index 1 along their shorter side."""
+    out, hh, ww, index = [], 0, 0, 0.0
+    for r in refs:
+        rh, rw = r.shape[-2], r.shape[-1]
+        if method == "index":
+            index += 1.0
+            out.append((index, 0, 0))
+        elif method == "uxo":
+            out.append((0.0, (h + 1) // 2 * 2 + hh, (w + 1) // 2 * 2 + ww))
+            hh, ww = hh + rh, ww + rw
+        else:
+            ho, wo = (0, ww) if rh + hh > rw + ww else (hh, 0)
+            out.append((1.0, ho, wo))
+            hh, ww = max(hh, rh + ho), max(ww, rw + wo)
+    return out
 
 
 def patchify(x: Tensor):

@@ -53,7 +53,18 @@ struct FluxInputs {
   Tensor context;            // [B, T, contextDim]
   Tensor y;                  // [B, vecDim]
   std::optional<Tensor> guidance;  // [B]
+  // Reference latents (FLUX Kontext), each [B or 1, C, h, w]: patchified and appended to the image
+  // tokens with ComfyUI's position ids; the output covers the image tokens only.
+  std::vector<Tensor> refLatents;
+  std::string refMethod = "offset";  // ComfyUI's ref_latents_method: offset | index | uxo
+  // Additive attention bias over the joint sequence (text, image, reference tokens) of length L:
+  // [L, L], [B or 1, L, L] or [B or 1, 1 or heads, L, L] (ComfyUI's attention_mask convention).
+  std::optional<Tensor> attentionMask;
 };
+
+// Position ids (index, row, column) of a [h, w]-latent's tokens the way ComfyUI's Flux.process_img
+// makes them; offsets are in latent pixels.
+std::vector<float> imageIds(int64_t h, int64_t w, int64_t patch, float index, int64_t hOffset, int64_t wOffset);
 
 struct ForwardHooks {
   // Sees the input of every linear (the quantizer calibrates with it): layer name, x [M, K].

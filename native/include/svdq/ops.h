@@ -29,8 +29,9 @@ void ropeTables(const float* ids, int64_t L, const std::vector<int>& axes, float
                 std::vector<float>& sin);
 // Rotates consecutive channel pairs of L rows (stride apart) of one head.
 void applyRope(float* x, int64_t L, int64_t headDim, int64_t stride, const float* cos, const float* sin);
-// One head: out[L, D] (row stride outStride) = softmax(q k^T / sqrt(D)) v, q/k/v rows qkvStride apart.
+// One head: out[L, D] (row stride outStride) = softmax(q k^T / sqrt(D) + bias) v, q/k/v rows qkvStride
+// apart; bias [L, L] is optional. A row whose bias masks every key (all -inf) outputs zeros.
 void attentionHead(const float* q, const float* k, const float* v, int64_t L, int64_t D, int64_t qkvStride,
-                   float* out, int64_t outStride);
+                   float* out, int64_t outStride, const float* bias = nullptr);
 
 }  // namespace svdq::cpu

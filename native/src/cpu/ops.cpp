@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <thread>
 
 namespace svdq::cpu {
@@ -128,7 +129,7 @@ void applyRope(float* x, int64_t L, int64_t headDim, int64_t stride, const float
 }
 
 void attentionHead(const float* q, const float* k, const float* v, int64_t L, int64_t D, int64_t qkvStride,
-                   float* out, int64_t outStride) {
+                   float* out, int64_t outStride, const float* bias) {
   // Query blocks keep the score matrix small (block x L) for long sequences.
   const int64_t block = 256;
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
@@ -139,7 +140,13 @@ void attentionHead(const float* q, const float* k, const float* v, int64_t L, in
                 0.f, s.data(), L);
     for (int64_t r = 0; r < rows; r++) {
       float* p = s.data() + r * L;
+      if (bias)
+        for (int64_t j = 0; j < L; j++) p[j] += bias[(q0 + r) * L + j];
       float mx = *std::max_element(p, p + L);
+      if (mx == -std::numeric_limits<float>::infinity()) {  // nothing to attend to (exp would give NaN)
+        std::fill(p, p + L, 0.f);
+        continue;
+      }
       double sum = 0;
       for (int64_t j = 0; j < L; j++) {
         p[j] = std::exp(p[j] - mx);

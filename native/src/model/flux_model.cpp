@@ -268,6 +268,70 @@ void gatedAdd(float* x, const float* y, int64_t B, int64_t L, int64_t h, const s
 
 }  // namespace
 
+std::vector<float> imageIds(int64_t h, int64_t w, int64_t patch, float index, int64_t hOffset, int64_t wOffset) {
+  const int64_t hl = (h + patch - 1) / patch, wl = (w + patch - 1) / patch;
+  // ComfyUI rounds pixel offsets to tokens as (offset + patch/2) / patch.
+  const int64_t r0 = (hOffset + patch / 2) / patch, q0 = (wOffset + patch / 2) / patch;
+  std::vector<float> ids(static_cast<size_t>(hl * wl * 3));
+  for (int64_t r = 0; r < hl; r++)
+    for (int64_t q = 0; q < wl; q++) {
+      float* id = ids.data() + (r * wl + q) * 3;
+      id[0] = index;
+      id[1] = static_cast<float>(r + r0);
+      id[2] = static_cast<float>(q + q0);
+    }
+  return ids;
+}
+
+namespace {
+
+// Tokens of batch item b of a latent [B, C, H, W] (item 0 when B is 1), circularly padded to whole
+// patches as ComfyUI's pad_to_patch_size does: token (r, q), channel (c, ph, pw).
+void patchify(const Tensor& t, int64_t b, int64_t P, float* out) {
+  const int64_t C = t.shape[1], H = t.shape[2], W = t.shape[3], hl = (H + P - 1) / P, wl = (W + P - 1) / P;
+  const float* src = t.ptr() + (t.shape[0] == 1 ? 0 : b) * C * H * W;
+  for (int64_t r = 0; r < hl; r++)
+    for (int64_t q = 0; q < wl; q++)
+      for (int64_t ch = 0; ch < C; ch++)
+        for (int64_t ph = 0; ph < P; ph++)
+          for (int64_t pw = 0; pw < P; pw++) {
+            const int64_t yy = (r * P + ph) % H, xx = (q * P + pw) % W;
+            out[((r * wl + q) * C + ch) * P * P + ph * P + pw] = src[(ch * H + yy) * W + xx];
+          }
+}
+
+// Position ids of the reference latents, following ComfyUI's Flux._forward for each method.
+std::vector<float> referenceIds(const std::vector<Tensor>& refs, const std::string& method, int64_t H, int64_t W,
+                                int64_t P) {
+  std::vector<float> ids;
+  int64_t hAcc = 0, wAcc = 0;
+  float index = 0;
+  for (const Tensor& r : refs) {
+    const int64_t rh = r.shape[2], rw = r.shape[3];
+    int64_t ho = 0, wo = 0;
+    if (method == "index") {
+      index += 1.f;  // FluxParams.ref_index_scale
+    } else if (method == "uxo") {
+      index = 0;
+      ho = (H + P / 2) / P * P + hAcc;
+      wo = (W + P / 2) / P * P + wAcc;
+      hAcc += rh;
+      wAcc += rw;
+    } else {  // offset: tile the references beside each other along their shorter side
+      index = 1;
+      if (rh + hAcc > rw + wAcc) wo = wAcc;
+      else ho = hAcc;
+      hAcc = std::max(hAcc, rh + ho);
+      wAcc = std::max(wAcc, rw + wo);
+    }
+    auto v = imageIds(rh, rw, P, index, ho, wo);
+    ids.insert(ids.end(), v.begin(), v.end());
+  }
+  return ids;
+}
+
+}  // namespace
+
 Tensor FluxModel::forward(const FluxInputs& in, const ForwardHooks* hooks) const {
   const FluxConfig& c = config_;
   if (in.x.shape.size() != 4)
@@ -284,26 +348,62 @@ Tensor FluxModel::forward(const FluxInputs& in, const ForwardHooks* hooks) const
   if (in.guidance) checkShape("guidance", *in.guidance, {B});
 
   const int64_t h = c.hidden, P = c.patch, hl = (H + P - 1) / P, wl = (W + P - 1) / P, Li = hl * wl;
-  const int64_t Lt = in.context.shape[1], L = Lt + Li, D = c.headDim, NH = c.numHeads;
+  // The image stream holds the image tokens, then each reference latent's tokens.
+  int64_t Ls = Li;
+  for (size_t i = 0; i < in.refLatents.size(); i++) {
+    const auto& s = in.refLatents[i].shape;
+    if (s.size() != 4 || (s[0] != 1 && s[0] != B) || s[1] != c.inChannels || s[2] < 1 || s[3] < 1)
+      throw Error("input 'ref_latents[" + std::to_string(i) + "]': expected shape [" + std::to_string(B) + " or 1, " +
+                  std::to_string(c.inChannels) + ", h, w], got " + shapeString(s));
+    Ls += ((s[2] + P - 1) / P) * ((s[3] + P - 1) / P);
+  }
+  // ComfyUI's FLUX.1 model treats every method other than index and uxo as offset.
+  static const char* kMethods[] = {"offset", "index", "uxo", "index_timestep_zero"};
+  if (std::none_of(std::begin(kMethods), std::end(kMethods), [&](const char* m) { return in.refMethod == m; }))
+    throw Error("input 'ref_latents_method': expected offset, index, uxo or index_timestep_zero, got '" + in.refMethod + "'");
+  const int64_t Lt = in.context.shape[1], L = Lt + Ls, D = c.headDim, NH = c.numHeads;
+
+  // The attention bias is indexed [maskBatch][maskHeads][L][L]; size-1 dims broadcast.
+  int64_t maskBatch = 0, maskHeads = 0;
+  if (in.attentionMask) {
+    const auto& s = in.attentionMask->shape;
+    const size_t n = s.size();
+    const bool ok = n >= 2 && n <= 4 && s[n - 1] == L && s[n - 2] == L && (n < 3 || s[0] == 1 || s[0] == B) &&
+                    (n < 4 || s[1] == 1 || s[1] == NH);
+    if (!ok)
+      throw Error("input 'attention_mask': expected shape [L, L], [B, L, L] or [B, heads, L, L] with L = " +
+                  std::to_string(L) + " (" + std::to_string(Lt) + " text + " + std::to_string(Ls) +
+                  " image/reference tokens), B " + std::to_string(B) + " or 1, heads " + std::to_string(NH) +
+                  " or 1; got " + shapeString(s));
+    for (float v : in.attentionMask->data)
+      if (std::isnan(v)) throw Error("input 'attention_mask': contains NaN");
+    maskBatch = n >= 3 ? s[0] : 1;
+    maskHeads = n == 4 ? s[1] : 1;
+  }
+  auto maskOf = [&](int64_t b, int64_t hd) -> const float* {
+    if (!in.attentionMask) return nullptr;
+    return in.attentionMask->ptr() + ((maskBatch == 1 ? 0 : b) * maskHeads + (maskHeads == 1 ? 0 : hd)) * L * L;
+  };
+
   if (memoryLimitBytes) {
-    const size_t need = forwardBytes(B, Li, Lt) + weightBytes();
+    const size_t need = forwardBytes(B, Ls, Lt) + weightBytes() + (in.attentionMask ? in.attentionMask->data.size() * 4 : 0);
     if (need > memoryLimitBytes)
       throw Error("out of memory: a forward of batch " + std::to_string(B) + " with " + std::to_string(L) + " tokens needs " +
                   std::to_string(need) + " bytes, the limit is " + std::to_string(memoryLimitBytes));
   }
   Runner run{*this, hooks};
 
-  // Patchify with circular padding (ComfyUI's pad_to_patch_size): token (r, q), channel (c, ph, pw).
-  std::vector<float> imgTok(static_cast<size_t>(B * Li * C * P * P));
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t r = 0; r < hl; r++)
-      for (int64_t q = 0; q < wl; q++)
-        for (int64_t ch = 0; ch < C; ch++)
-          for (int64_t ph = 0; ph < P; ph++)
-            for (int64_t pw = 0; pw < P; pw++) {
-              const int64_t yy = (r * P + ph) % H, xx = (q * P + pw) % W;
-              imgTok[((b * Li + r * wl + q) * C + ch) * P * P + ph * P + pw] = in.x.data[((b * C + ch) * H + yy) * W + xx];
-            }
+  const int64_t tokDim = C * P * P;
+  std::vector<float> imgTok(static_cast<size_t>(B * Ls * tokDim));
+  for (int64_t b = 0; b < B; b++) {
+    float* dst = imgTok.data() + b * Ls * tokDim;
+    patchify(in.x, b, P, dst);
+    dst += Li * tokDim;
+    for (const Tensor& r : in.refLatents) {
+      patchify(r, b, P, dst);
+      dst += ((r.shape[2] + P - 1) / P) * ((r.shape[3] + P - 1) / P) * tokDim;
+    }
+  }
 
   // Conditioning vector.
   std::vector<float> temb(static_cast<size_t>(B * 256));
@@ -327,16 +427,13 @@ Tensor FluxModel::forward(const FluxInputs& in, const ForwardHooks* hooks) const
   std::vector<float> siluVec = vec;
   cpu::silu(siluVec.data(), static_cast<int64_t>(siluVec.size()));
 
-  std::vector<float> img = run.run("img_in", imgTok.data(), B * Li);
+  std::vector<float> img = run.run("img_in", imgTok.data(), B * Ls);
   std::vector<float> txt = run.run("txt_in", in.context.ptr(), B * Lt);
 
-  // RoPE over (txt, img) ids: text tokens at 0, image token (r, q) at (0, r, q).
-  std::vector<float> ids(static_cast<size_t>(L * 3), 0.f);
-  for (int64_t r = 0; r < hl; r++)
-    for (int64_t q = 0; q < wl; q++) {
-      ids[(Lt + r * wl + q) * 3 + 1] = static_cast<float>(r);
-      ids[(Lt + r * wl + q) * 3 + 2] = static_cast<float>(q);
-    }
+  // RoPE over (txt, img, ref) ids: text tokens at 0, image token (r, q) at (0, r, q).
+  std::vector<float> ids(static_cast<size_t>(Lt * 3), 0.f);
+  for (const auto& part : {imageIds(H, W, P, 0, 0, 0), referenceIds(in.refLatents, in.refMethod, H, W, P)})
+    ids.insert(ids.end(), part.begin(), part.end());
   std::vector<float> ropeCos, ropeSin;
   cpu::ropeTables(ids.data(), L, c.axesDim, c.theta, ropeCos, ropeSin);
 
@@ -349,7 +446,7 @@ Tensor FluxModel::forward(const FluxInputs& in, const ForwardHooks* hooks) const
         float* base = qkv + b * L * stride + hd * D;
         cpu::applyRope(base, L, D, stride, ropeCos.data(), ropeSin.data());
         cpu::applyRope(base + h, L, D, stride, ropeCos.data(), ropeSin.data());
-        cpu::attentionHead(base, base + h, base + 2 * h, L, D, stride, out + b * L * h + hd * D, h);
+        cpu::attentionHead(base, base + h, base + 2 * h, L, D, stride, out + b * L * h + hd * D, h, maskOf(b, hd));
       }
   };
   auto qkNorm = [&](float* qkv, int64_t rows, int64_t stride, const std::string& prefix) {
@@ -371,29 +468,29 @@ Tensor FluxModel::forward(const FluxInputs& in, const ForwardHooks* hooks) const
     const std::string p = "double_blocks." + std::to_string(i) + ".";
     auto imgMod = run.run(p + "img_mod.lin", siluVec.data(), B);
     auto txtMod = run.run(p + "txt_mod.lin", siluVec.data(), B);
-    auto imgN = modulate(img.data(), B, Li, h, imgMod, 6, 0, 1);
+    auto imgN = modulate(img.data(), B, Ls, h, imgMod, 6, 0, 1);
     auto txtN = modulate(txt.data(), B, Lt, h, txtMod, 6, 0, 1);
-    auto qkvI = run.run(p + "img_attn.qkv", imgN.data(), B * Li);
+    auto qkvI = run.run(p + "img_attn.qkv", imgN.data(), B * Ls);
     auto qkvT = run.run(p + "txt_attn.qkv", txtN.data(), B * Lt);
-    qkNorm(qkvI.data(), B * Li, 3 * h, p + "img_attn.norm.");
+    qkNorm(qkvI.data(), B * Ls, 3 * h, p + "img_attn.norm.");
     qkNorm(qkvT.data(), B * Lt, 3 * h, p + "txt_attn.norm.");
     std::vector<float> qkv(static_cast<size_t>(B * L * 3 * h));
     for (int64_t b = 0; b < B; b++) {
       std::copy_n(qkvT.data() + b * Lt * 3 * h, Lt * 3 * h, qkv.data() + b * L * 3 * h);
-      std::copy_n(qkvI.data() + b * Li * 3 * h, Li * 3 * h, qkv.data() + (b * L + Lt) * 3 * h);
+      std::copy_n(qkvI.data() + b * Ls * 3 * h, Ls * 3 * h, qkv.data() + (b * L + Lt) * 3 * h);
     }
     std::vector<float> attn(static_cast<size_t>(B * L * h));
     attend(qkv.data(), 3 * h, attn.data());
-    std::vector<float> aT(static_cast<size_t>(B * Lt * h)), aI(static_cast<size_t>(B * Li * h));
+    std::vector<float> aT(static_cast<size_t>(B * Lt * h)), aI(static_cast<size_t>(B * Ls * h));
     for (int64_t b = 0; b < B; b++) {
       std::copy_n(attn.data() + b * L * h, Lt * h, aT.data() + b * Lt * h);
-      std::copy_n(attn.data() + (b * L + Lt) * h, Li * h, aI.data() + b * Li * h);
+      std::copy_n(attn.data() + (b * L + Lt) * h, Ls * h, aI.data() + b * Ls * h);
     }
-    auto projI = run.run(p + "img_attn.proj", aI.data(), B * Li);
-    gatedAdd(img.data(), projI.data(), B, Li, h, imgMod, 6, 2);
-    auto imgN2 = modulate(img.data(), B, Li, h, imgMod, 6, 3, 4);
-    auto mlpI = mlp(p + "img_mlp", imgN2.data(), B * Li);
-    gatedAdd(img.data(), mlpI.data(), B, Li, h, imgMod, 6, 5);
+    auto projI = run.run(p + "img_attn.proj", aI.data(), B * Ls);
+    gatedAdd(img.data(), projI.data(), B, Ls, h, imgMod, 6, 2);
+    auto imgN2 = modulate(img.data(), B, Ls, h, imgMod, 6, 3, 4);
+    auto mlpI = mlp(p + "img_mlp", imgN2.data(), B * Ls);
+    gatedAdd(img.data(), mlpI.data(), B, Ls, h, imgMod, 6, 5);
     auto projT = run.run(p + "txt_attn.proj", aT.data(), B * Lt);
     gatedAdd(txt.data(), projT.data(), B, Lt, h, txtMod, 6, 2);
     auto txtN2 = modulate(txt.data(), B, Lt, h, txtMod, 6, 3, 4);
@@ -404,7 +501,7 @@ Tensor FluxModel::forward(const FluxInputs& in, const ForwardHooks* hooks) const
   std::vector<float> x(static_cast<size_t>(B * L * h));
   for (int64_t b = 0; b < B; b++) {
     std::copy_n(txt.data() + b * Lt * h, Lt * h, x.data() + b * L * h);
-    std::copy_n(img.data() + b * Li * h, Li * h, x.data() + (b * L + Lt) * h);
+    std::copy_n(img.data() + b * Ls * h, Ls * h, x.data() + (b * L + Lt) * h);
   }
   const int64_t W1 = 3 * h + c.mlpHidden;
   for (int64_t i = 0; i < c.depthSingle; i++) {

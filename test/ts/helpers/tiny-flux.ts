@@ -118,3 +118,11 @@ export function tinyInputs(
   if (cfg.guidance) inputs.guidance = f32Tensor(Float32Array.from({ length: B }, () => 1 + 3 * rng.uniform()), [B]);
   return inputs;
 }
+
+/** Forward inputs as the tensors of an inputs file (`svdq forward --inputs`): ref_latents.<i> each. */
+export function inputTensors(inp: ForwardInputs): Record<string, TensorData> {
+  const { ref_latents: refs, ref_latents_method: _method, ...rest } = inp;
+  const out: Record<string, TensorData> = Object.fromEntries(Object.entries(rest).filter(([, v]) => v !== undefined));
+  refs?.forEach((r, i) => (out[`ref_latents.${i}`] = r));
+  return out;
+}

@@ -143,6 +143,16 @@ export class ModelRegistry {
     expectTensor(inp.context, 'context', float, [b, 'T', cfg(c, 'contextDim', 'contextInDim', 'context_in_dim') ?? 'D']);
     expectTensor(inp.y, 'y', float, [b, cfg(c, 'vecDim', 'vecInDim', 'vec_in_dim') ?? 'D']);
     if (inp.guidance) expectTensor(inp.guidance, 'guidance', ['F32'], [b]);
+    // Reference latents join the image tokens; the mask must cover the whole joint sequence.
+    const tokens = (hh: number, ww: number) => Math.ceil(hh / p) * Math.ceil(ww / p);
+    let seq = inp.context.shape[1] + tokens(h, w);
+    (inp.ref_latents ?? []).forEach((r, i) => {
+      const arg = `ref_latents[${i}]`;
+      expectTensor(r, arg, float, ['B', ch ?? 'C', 'h', 'w']);
+      if (r.shape[0] !== 1 && r.shape[0] !== b) throw new ApiError('bad_tensor', `${arg}: batch ${r.shape[0]} must be 1 or ${b} (the batch of x)`, 'ref_latents');
+      seq += tokens(r.shape[2], r.shape[3]);
+    });
+    if (inp.attention_mask) checkMask(inp.attention_mask, b, seq, cfg(c, 'numHeads') ?? 1);
     const needsGuidance = c.guidanceEmbed ?? c.guidance_embed;
     if (needsGuidance === true && !inp.guidance) {
       throw new ApiError('bad_args', 'forward: missing arg \'guidance\' (this model is guidance-distilled)', 'guidance');
@@ -167,5 +177,15 @@ export class ModelRegistry {
       const out = await m.engine.forward(inp, { signal: s });
       return { out, engineMs: performance.now() - t0, queueMs: timing.queuedMs };
     }, signal);
+  }
+}
+
+/** An attention mask over L joint tokens: [L,L], [B or 1,L,L] or [B or 1,1 or heads,L,L]. */
+function checkMask(mask: TensorData, batch: number, L: number, heads: number): void {
+  const s = mask.shape, n = s.length;
+  if (!['F32', 'F16', 'BF16', 'BOOL'].includes(mask.dtype)) throw new ApiError('bad_tensor', `attention_mask: dtype ${mask.dtype} not accepted (F32, F16, BF16, BOOL)`, 'attention_mask');
+  const ok = n >= 2 && n <= 4 && s[n - 1] === L && s[n - 2] === L && (n < 3 || s[0] === 1 || s[0] === batch) && (n < 4 || s[1] === 1 || s[1] === heads);
+  if (!ok) {
+    throw new ApiError('bad_tensor', `attention_mask: expected [L,L], [B,L,L] or [B,heads,L,L] with L = ${L} (text + image + reference tokens), B ${batch} or 1, heads ${heads} or 1; got [${s.join(',')}]`, 'attention_mask');
   }
 }

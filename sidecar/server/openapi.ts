@@ -16,6 +16,7 @@ function argSchema(a: ArgSpec): Record<string, unknown> {
       case 'bool': return { type: 'boolean' };
       case 'id': return { oneOf: [{ type: 'integer' }, { type: 'string' }] };
       case 'tensor': return { oneOf: [ref('Tensor'), ref('TensorRef')] };
+      case 'tensors': return { type: 'array', items: { oneOf: [ref('Tensor'), ref('TensorRef')] } };
       case 'loras': return { type: 'array', items: ref('LoraSpec') };
     }
   })();

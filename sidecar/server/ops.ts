@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { Logger } from 'pino';
-import type { ForwardInputs, QuantizeOptions, TensorData } from '../engine/types.ts';
+import { REF_LATENTS_METHODS, type ForwardInputs, type QuantizeOptions, type RefLatentsMethod, type TensorData } from '../engine/types.ts';
 import type { JobRegistry } from '../jobs/registry.ts';
 import { ApiError } from './errors.ts';
 import { peekCheckpoint } from './checkpoint.ts';
@@ -154,12 +154,18 @@ export const OPS: Record<string, OpDef> = {
       context: { type: 'tensor', doc: 'text context [B,T,Dctx]' },
       y: { type: 'tensor', doc: 'pooled vector [B,Dvec]' },
       guidance: { type: 'tensor', optional: true, doc: '[B] F32' },
+      attention_mask: { type: 'tensor', optional: true, doc: 'additive bias (BOOL: true = attend) [L,L], [B,L,L] or [B,heads,L,L] over text+image+reference tokens' },
+      ref_latents: { type: 'tensors', optional: true, doc: 'Kontext reference latents, each [B or 1,C,h,w]' },
+      ref_latents_method: { type: 'str', optional: true, oneOf: [...REF_LATENTS_METHODS], doc: 'position ids of the reference latents (default offset)' },
       loras: { type: 'loras', optional: true, doc: 'LoRA stack for this forward' },
     },
     async run(s, a, ctx) {
       const m = s.models.get(a.model);
       const inp: ForwardInputs = { x: a.x as TensorData, timestep: a.timestep as TensorData, context: a.context as TensorData, y: a.y as TensorData };
       if (a.guidance) inp.guidance = a.guidance as TensorData;
+      if (a.attention_mask) inp.attention_mask = a.attention_mask as TensorData;
+      if (a.ref_latents) inp.ref_latents = a.ref_latents as TensorData[];
+      if (a.ref_latents_method) inp.ref_latents_method = a.ref_latents_method as RefLatentsMethod;
       s.models.checkInputs(m, inp);
       const loras = a.loras ? (a.loras as LoraSpec[]).map((l) => ({ path: s.sandbox.resolve(l.path, 'loras'), strength: l.strength })) : undefined;
       const r = await s.models.forward(m, inp, loras, ctx.signal);

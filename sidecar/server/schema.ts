@@ -4,7 +4,7 @@ import type { TensorData } from '../engine/types.ts';
 import { ApiError } from './errors.ts';
 import { readTensor, type TensorCache } from './tensors.ts';
 
-export type ArgType = 'str' | 'int' | 'num' | 'bool' | 'tensor' | 'id' | 'loras';
+export type ArgType = 'str' | 'int' | 'num' | 'bool' | 'tensor' | 'tensors' | 'id' | 'loras';
 
 export interface ArgSpec {
   type: ArgType;
@@ -22,7 +22,7 @@ export interface LoraSpec {
 }
 
 const TYPE_NAME: Record<ArgType, string> = {
-  str: 'a string', int: 'an integer', num: 'a number', bool: 'a boolean', tensor: 'a tensor',
+  str: 'a string', int: 'an integer', num: 'a number', bool: 'a boolean', tensor: 'a tensor', tensors: 'a list of tensors',
   id: 'an integer or string id', loras: 'a list of {path, strength}',
 };
 
@@ -98,6 +98,10 @@ export function checkArgs(op: string, specs: ArgSpecs, args: unknown, cache: Ten
         break;
       case 'tensor':
         out[k] = readTensor(v, k, cache) as TensorData;
+        break;
+      case 'tensors':
+        if (!Array.isArray(v)) throw wrong();
+        out[k] = v.map((t, i) => readTensor(t, `${k}[${i}]`, cache));
         break;
       case 'loras':
         out[k] = readLoras(v, k);

@@ -202,6 +202,43 @@ test('bad inputs each get an error naming the problem and the connection stays u
   c.close();
 });
 
+test('reference latents and an attention mask: channel and REST equal the engine; bad ones are named', async (t) => {
+  const inp = inputs(9);
+  const [, ch, h, w] = inp.x.shape as [number, number, number, number];
+  // One reference of odd size (padded to whole patches), one of another size; a float bias mask.
+  const refs = [tensor('F32', [1, ch, 5, 8], rand(ch * 40, 91)), tensor('F32', [1, ch, 6, 4], rand(ch * 24, 92))];
+  const L = inp.context.shape[1]! + (h / 2) * (w / 2) + 3 * 4 + 3 * 2;
+  const mask = tensor('F32', [L, L], rand(L * L, 93).map((v) => 3 * v));
+  const kontext: ForwardInputs = { ...inp, ref_latents: refs, ref_latents_method: 'index', attention_mask: mask };
+  const want = await ref.forward(kontext);
+  const plain = await ref.forward(inp);
+  t.true(maxRelErr(plain, want) > 1e-3, 'references and mask change the output');
+  const c = await connect();
+  const r = await c.request('forward', { model, ref_latents_method: 'index' }, { ...asArgs(inp), ref_latents: refs, attention_mask: mask });
+  t.true(maxRelErr(r.tensors.out, want) < 1e-5, `channel: rel err ${maxRelErr(r.tensors.out, want)}`);
+  const rm = await rest(`/v1/models/${model}/forward`, { method: 'POST', headers: { 'content-type': 'application/msgpack' }, body: packr.pack(asArgs(kontext)) as Uint8Array<ArrayBuffer> });
+  t.is(rm.status, 200);
+  t.true(maxRelErr((unpackr.unpack(Buffer.from(await rm.arrayBuffer())) as { tensors: { out: TensorData } }).tensors.out, want) < 1e-5, 'REST');
+  // A boolean mask that keeps everything is no mask at all.
+  const all = await c.request('forward', { model }, { ...asArgs(inp), attention_mask: tensor('BOOL', [1, 1, L - 18, L - 18], new Uint8Array((L - 18) ** 2).fill(1)) });
+  t.true(maxRelErr(all.tensors.out, plain) < 1e-6);
+
+  const expectErr = async (what: string, over: Record<string, unknown>, code: string, re: RegExp) => {
+    const e = await c.call('forward', { model }, { ...asArgs(kontext), ...over });
+    t.false(e.ok, what);
+    t.is(e.error?.code, code, `${what}: ${JSON.stringify(e.error)}`);
+    t.regex(e.error?.message ?? '', re, what);
+  };
+  await expectErr('mask that leaves out the references', { attention_mask: tensor('F32', [L - 18, L - 18], new Float32Array((L - 18) ** 2)) }, 'bad_tensor', new RegExp(`attention_mask: expected .* L = ${L}`));
+  await expectErr('mask of another batch', { attention_mask: tensor('F32', [3, L, L], new Float32Array(3 * L * L)) }, 'bad_tensor', /attention_mask: .*B 1 or 1/);
+  await expectErr('mask dtype', { attention_mask: tensor('I32', [L, L], new Int32Array(L * L)) }, 'bad_tensor', /attention_mask: dtype I32/);
+  await expectErr('reference with wrong channels', { ref_latents: [tensor('F32', [1, ch + 1, 4, 4], new Float32Array((ch + 1) * 16))] }, 'bad_tensor', new RegExp(`ref_latents\\[0\\]: dim 1 is ${ch + 1}, expected ${ch}`));
+  await expectErr('reference with another batch', { ref_latents: [tensor('F32', [2, ch, 4, 4], new Float32Array(2 * ch * 16))], attention_mask: undefined }, 'bad_tensor', /ref_latents\[0\]: batch 2 must be 1 or 1/);
+  await expectErr('references not a list', { ref_latents: refs[0] }, 'bad_args', /'ref_latents' must be a list of tensors/);
+  await expectErr('unknown method', { ref_latents_method: 'spiral' }, 'bad_args', /ref_latents_method' must be one of offset, index, uxo/);
+  c.close();
+});
+
 test('engine out of memory (simulated cap) is an error; the model and the server stay usable', async (t) => {
   const c = await connect();
   const small = await c.request('load', { path: 'model.safetensors', memory_limit_bytes: 4096, threads: 1 });

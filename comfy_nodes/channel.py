@@ -25,6 +25,13 @@ POLL_S = 0.05          # how often we look at ComfyUI's interrupt flag while wai
 CANCEL_GRACE_S = 10.0  # how long we wait for the sidecar to confirm a cancel
 
 
+
+def _encode(v):
+    """A tensor, a {ref} map or a list of them (e.g. ref_latents) in wire form."""
+    if isinstance(v, (list, tuple)):
+        return [_encode(t) for t in v]
+    return v if isinstance(v, dict) else tcodec.encode(v)
+
 class SidecarError(RuntimeError):
     """An error the sidecar reported; str() is the sidecar's own message."""
 
@@ -141,7 +148,7 @@ class Channel:
             rid = next(self._ids)
             frame = {"id": rid, "op": op, "args": args or {}}
             if tensors:
-                frame["tensors"] = {k: (tcodec.encode(v) if not isinstance(v, dict) else v) for k, v in tensors.items()}
+                frame["tensors"] = {k: _encode(v) for k, v in tensors.items()}
             self._send(frame)
             try:
                 while True:

@@ -17,7 +17,8 @@ from . import tensors as tcodec
 from .channel import Channel, ConnectionLost, SidecarError
 
 LORA_KEY = "svdquant_loras"  # transformer_options key: list of {"path", "strength"}
-CACHED_INPUTS = ("context", "y")  # repeat across sampling steps: sent once, then by hash
+# Repeat across sampling steps: sent once, then by hash.
+CACHED_INPUTS = ("context", "y", "attention_mask", "ref_latents")
 CACHE_MIN_BYTES = 64 * 1024       # below this a ref saves nothing
 
 # What ComfyUI's model_detection would derive for a BFL FLUX checkpoint; the sidecar reports
@@ -42,20 +43,23 @@ _FLUX_DEFAULTS = {
 }
 
 
+# The engine's config names (sidecar `load` result, native/binding/engine.cpp) -> comfy unet_config.
+_ENGINE_NAMES = {"inChannels": "in_channels", "outChannels": "out_channels", "hidden": "hidden_size",
+                 "numHeads": "num_heads", "depthDouble": "depth", "depthSingle": "depth_single_blocks",
+                 "contextDim": "context_in_dim", "vecDim": "vec_in_dim", "guidanceEmbed": "guidance_embed",
+                 "axesDim": "axes_dim"}
+
+
 def unet_config_from_sidecar(cfg: dict) -> dict:
-    """A complete comfy Flux unet_config from the model config the sidecar reports."""
-    alias = {"inChannels": "in_channels", "outChannels": "out_channels", "vecInDim": "vec_in_dim",
-             "contextInDim": "context_in_dim", "hiddenSize": "hidden_size", "mlpRatio": "mlp_ratio",
-             "numHeads": "num_heads", "depthSingleBlocks": "depth_single_blocks", "axesDim": "axes_dim",
-             "patchSize": "patch_size", "qkvBias": "qkv_bias", "guidanceEmbed": "guidance_embed",
-             "doubleBlocks": "depth", "singleBlocks": "depth_single_blocks", "double_blocks": "depth",
-             "single_blocks": "depth_single_blocks", "depthSingle": "depth_single_blocks",
-             "hidden": "hidden_size", "heads": "num_heads", "contextDim": "context_in_dim", "vecDim": "vec_in_dim"}
+    """A complete comfy Flux unet_config from the model config the sidecar reports (engine names,
+    or comfy's own names)."""
     out = dict(_FLUX_DEFAULTS)
     for k, v in (cfg or {}).items():
-        k = alias.get(k, k)
+        k = _ENGINE_NAMES.get(k, k)
         if k in out:
             out[k] = v
+    if cfg and cfg.get("mlpHidden") and out["hidden_size"]:
+        out["mlp_ratio"] = cfg["mlpHidden"] / out["hidden_size"]
     out["axes_dim"] = list(out["axes_dim"])
     head = out["hidden_size"] // out["num_heads"]
     if sum(out["axes_dim"]) != head:
@@ -143,17 +147,23 @@ class SidecarModel:
         out = dict(tensors)
         for name in CACHED_INPUTS:
             t = tensors.get(name)
-            if t is None or t.numel() * t.element_size() < CACHE_MIN_BYTES:
-                continue
-            wire = tcodec.encode(t)
-            h = wire_hash(wire)
-            if h not in self._sent_hashes:
-                res, _ = self.channel.request("put_tensor", tensors={"tensor": wire})
-                if res.get("hash") != h:
-                    raise SidecarError(f"svdquant: sidecar hashed {name} as {res.get('hash')}, expected {h}")
-                self._sent_hashes.add(h)
-            out[name] = {"ref": h}
+            if isinstance(t, list):
+                out[name] = [self._ref_of(f"{name}[{i}]", r) for i, r in enumerate(t)]
+            elif t is not None:
+                out[name] = self._ref_of(name, t)
         return out
+
+    def _ref_of(self, name: str, t: torch.Tensor):
+        if t.numel() * t.element_size() < CACHE_MIN_BYTES:
+            return t
+        wire = tcodec.encode(t)
+        h = wire_hash(wire)
+        if h not in self._sent_hashes:
+            res, _ = self.channel.request("put_tensor", tensors={"tensor": wire})
+            if res.get("hash") != h:
+                raise SidecarError(f"svdquant: sidecar hashed {name} as {res.get('hash')}, expected {h}")
+            self._sent_hashes.add(h)
+        return {"ref": h}
 
 
 class SidecarFlux(torch.nn.Module):
@@ -196,10 +206,8 @@ class SidecarFlux(torch.nn.Module):
         if mask is not None:
             tensors["attention_mask"] = mask.to(torch.float32) if mask.dtype != torch.bool else mask
         extra = {}
-        if ref_latents is not None:
-            for i, r in enumerate(ref_latents):
-                tensors[f"ref_latents.{i}"] = r.to(wire)
-            extra["ref_latents"] = len(ref_latents)
+        if ref_latents:
+            tensors["ref_latents"] = [r.to(wire) for r in ref_latents]
             if kwargs.get("ref_latents_method") is not None:
                 extra["ref_latents_method"] = str(kwargs["ref_latents_method"])
         loras = [dict(l) for l in (transformer_options.get(LORA_KEY) or [])]

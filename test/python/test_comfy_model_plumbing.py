@@ -72,6 +72,14 @@ def test_unet_config_is_complete_flux_config():
     assert sum(cfg["axes_dim"]) == 32  # head dim of a 64-wide, 2-head model
     full = model_proxy.unet_config_from_sidecar({})
     assert full["axes_dim"] == [16, 56, 56] and full["hidden_size"] == 3072 and full["depth"] == 19
+    # The names the sidecar's engine reports (`load` result config), every one of them mapped.
+    engine = {"inChannels": 8, "outChannels": 8, "hidden": 128, "numHeads": 2, "headDim": 64, "depthDouble": 2,
+              "depthSingle": 3, "contextDim": 64, "vecDim": 32, "mlpHidden": 384, "guidanceEmbed": False,
+              "axesDim": [8, 28, 28]}
+    cfg = model_proxy.unet_config_from_sidecar(engine)
+    assert (cfg["in_channels"], cfg["out_channels"], cfg["hidden_size"], cfg["num_heads"]) == (8, 8, 128, 2)
+    assert (cfg["depth"], cfg["depth_single_blocks"], cfg["context_in_dim"], cfg["vec_in_dim"]) == (2, 3, 64, 32)
+    assert cfg["mlp_ratio"] == 3.0 and cfg["guidance_embed"] is False and cfg["axes_dim"] == [8, 28, 28]
 
 
 def _patcher(m=None, config=TINY):

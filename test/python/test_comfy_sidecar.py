@@ -169,6 +169,68 @@ def test_wrapper_forward_matches_float64_reference(env):
     assert rel < 1e-3, f"relative L2 error {rel:.2e}"
 
 
+def test_wrapper_forward_with_reference_latents_and_mask_matches_float64_reference(env):
+    """Kontext-style reference latents and an attention mask go through the wrapper to the sidecar
+    and give what tools/flux_torch computes in float64 with ComfyUI's conventions."""
+    from safetensors.torch import load_file
+    from tools.flux_torch import model as fm
+    inp = load_file(str(env["fixture"] / "inputs.safetensors"))
+    x, t, ctx, y, g = (inp[k] for k in ("x", "timestep", "context", "y", "guidance"))
+    gen = torch.Generator().manual_seed(11)
+    # The first reference (256 KiB) crosses CACHE_MIN_BYTES and is sent once by content hash.
+    refs = [torch.randn(1, 16, 64, 64, generator=gen), torch.randn(x.shape[0], 16, 7, 9, generator=gen)]
+    tok = lambda a: ((a.shape[-2] + 1) // 2) * ((a.shape[-1] + 1) // 2)  # noqa: E731
+    L = ctx.shape[1] + tok(x) + sum(tok(r) for r in refs)
+    mask = (torch.rand(x.shape[0], L, L, generator=gen) > 0.2) | torch.eye(L, dtype=torch.bool)
+    ref_model = fm.load_reference(str(env["dirs"]["diffusion_models"] / "tiny-flux.safetensors"))
+    dm = _load(env).model.diffusion_model
+    for method in ("offset", "index"):
+        got = dm(x, t, ctx, y=y, guidance=g, ref_latents=refs, ref_latents_method=method, attention_mask=mask)
+        with torch.no_grad():
+            want = ref_model(x.double(), t.double(), ctx.double(), y.double(), g.double(),
+                             ref_latents=[r.double() for r in refs], ref_latents_method=method, attention_mask=mask)
+        assert got.shape == x.shape and torch.isfinite(got).all()
+        rel = ((got.double() - want).norm() / want.norm()).item()
+        assert rel < 1e-4, f"{method}: relative L2 error {rel:.2e}"
+    plain = dm(x, t, ctx, y=y, guidance=g)
+    assert not torch.allclose(plain, got, atol=1e-3), "the reference latents should change the output"
+    # A mask that ignores the reference tokens: the sidecar names the tensor and the expected length.
+    SidecarError = _mod("channel").SidecarError
+    with pytest.raises(SidecarError) as e:
+        dm(x, t, ctx, y=y, guidance=g, ref_latents=refs, attention_mask=mask[:, :-1, :-1])
+    assert e.value.code == "bad_tensor" and "attention_mask" in str(e.value) and f"L = {L}" in str(e.value)
+
+
+@pytest.mark.skipif(MODE != "comfyui", reason="needs a ComfyUI checkout (set COMFYUI_DIR)")
+def test_reference_latents_and_mask_match_comfyuis_own_flux(env):
+    """ComfyUI's own comfy.ldm.flux Flux with the fixture's weights, given reference latents (every
+    method) and a mask, computes what the sidecar computes through the wrapper."""
+    import comfy.ldm.flux.model
+    import comfy.ops
+    from safetensors.torch import load_file
+    model = _load(env)
+    cfg = _mod("model_proxy").unet_config_from_sidecar(_mod("model_proxy").sidecar_model_of(model).config)
+    params = {k: v for k, v in cfg.items() if k not in ("image_model",)}
+    theirs = comfy.ldm.flux.model.Flux(dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init, **params)
+    sd = {k: v.float() for k, v in load_file(str(env["dirs"]["diffusion_models"] / "tiny-flux.safetensors")).items()}
+    missing, unexpected = theirs.load_state_dict(sd, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    x, ctx, y, g = _inputs(b=2, h=10, w=12, seed=4)
+    t = torch.tensor([0.7, 0.3])
+    gen = torch.Generator().manual_seed(5)
+    refs = [torch.randn(1, 16, 6, 9, generator=gen), torch.randn(2, 16, 8, 4, generator=gen)]
+    L = ctx.shape[1] + 5 * 6 + 3 * 5 + 4 * 2
+    mask = torch.randn(2, L, L, generator=gen)
+    for method in ("offset", "index", "uxo"):
+        with torch.no_grad():
+            want = theirs(x, t, ctx, y=y, guidance=g, ref_latents=[r.expand(2, -1, -1, -1) for r in refs],
+                          ref_latents_method=method, attention_mask=mask)
+        got = model.model.diffusion_model(x, t, ctx, y=y, guidance=g, ref_latents=refs, ref_latents_method=method,
+                                          attention_mask=mask)
+        rel = ((got - want).norm() / want.norm()).item()
+        assert rel < 1e-4, f"{method}: relative L2 error vs ComfyUI's Flux {rel:.2e}"
+
+
 def _one_step(model, x, ctx, y, g, t=0.6):
     to = model.model_options["transformer_options"]
     return model.model.apply_model(x, torch.full((x.shape[0],), t), c_crossattn=ctx, y=y, guidance=g, transformer_options=to)

@@ -3,8 +3,7 @@
 // inputs, the layers it writes lying on the runtime grid, a whole tiny model quantized with it, and
 // the method it refuses.
 import test from 'ava';
-import { mkdtempSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Engine } from '../../sidecar/engine/engine.ts';
 import type { ForwardInputs, TensorData } from '../../sidecar/engine/types.ts';
@@ -12,7 +11,8 @@ import { quantNative as q } from '../../sidecar/quant/native.ts';
 import type { QuantizeLayerArgs } from '../../sidecar/quant/native.ts';
 import { quantizeCheckpoint } from '../../sidecar/quant/quantize.ts';
 import { parseQuantizeArgs } from '../../sidecar/cli/quantize.ts';
-import { defaultOutlierConfig, makeInputs, makeOutlierFlux, writeSafetensors } from '../../tools/fixtures/outlier-flux.ts';
+import { makeInputs } from '../../tools/fixtures/outlier-flux.ts';
+import { tinyOutlierModel } from './helpers/outlier-model.ts';
 import {
   bf16, correlatedLayer, decodeE4m3, E2M1, matmulNT, refDequantResidual, refEffectiveWeight, refGptqInt4, refW4A4Int4Forward,
   relErr, rintEven,
@@ -137,14 +137,7 @@ test('gptq with the weight-only method w4a16 is refused; with naive, smoothquant
 // GPTQ fits the sample's input correlations, so it needs more calibration than round-to-nearest: with 4
 // sets (64 rows for 256 in-features) it can lose on held-out inputs; with 16 it wins (seeds 3, 5, 8:
 // 1-3%). Whole-model gains are small here because 4-bit activations dominate each layer's error.
-const dir = mkdtempSync(join(tmpdir(), 'svdq-gptq-model-'));
-const cfg = { ...defaultOutlierConfig, hidden: 64, heads: 1, depthDouble: 1, depthSingle: 1, seed: 5 };
-const model = join(dir, 'model.safetensors');
-const calib = join(dir, 'calib.safetensors');
-const held = join(dir, 'held.safetensors');
-writeSafetensors(model, makeOutlierFlux(cfg));
-writeSafetensors(calib, makeInputs(cfg, 16, 10, 8, 16));
-writeSafetensors(held, makeInputs(cfg, 8, 20, 8, 16));
+const { dir, cfg, model, calib, held } = tinyOutlierModel(5, 16, 8);
 const fast = { input: model, calib, gridStep: 0.25, refine: 3, rank: 16 };
 
 function svdqMeta(path: string) {

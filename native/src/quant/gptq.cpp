@@ -49,12 +49,50 @@ std::vector<float> gptqInverseHessianFactor(const float* X, int64_t S, int64_t K
 
 namespace {
 
-// The GPTQ sweep. Grid: start(n, g, v) fixes row n's scale of group g from its current values v[0..group);
-// round(n, k, v) stores the code of W[n, k] and returns its de-quantized value.
-// Rows are independent within a block, so each row walks the block's columns in order (cache-friendly);
-// the error of the whole block then reaches the later columns in one GEMM (the paper's lazy batch update).
-template <class Grid>
-void gptqSweep(float* W, int64_t N, int64_t K, const std::vector<float>& U, int64_t group, Grid& grid) {
+// The runtime grids, through the same helpers round-to-nearest uses (quantizeInt4 / quantizeNvfp4):
+// a group's scale from its max |v|, a value's code under that scale, and the code's de-quantized value.
+struct Int4Format {
+  static constexpr int kGroup = kInt4Group;
+  using Code = int8_t;
+  using Scale = float;
+  static Scale scale(float amax, float) { return int4Scale(amax); }
+  static Code code(float v, Scale s, float) { return int4Code(v, s); }
+  static float value(Code c, Scale s, float) { return c * s; }  // = dequantizeInt4
+};
+struct Nvfp4Format {
+  static constexpr int kGroup = kFp4Group;
+  using Code = uint8_t;
+  using Scale = uint8_t;  // E4M3 under the F32 tensor scale
+  static Scale scale(float amax, float ts) { return nvfp4GroupScale(amax, ts); }
+  static Code code(float v, Scale s, float ts) { return nvfp4Code(v, s, ts); }
+  static float value(Code c, Scale s, float ts) { return decodeE2m1(c) * (decodeE4m3(s) * ts); }  // = dequantizeNvfp4
+};
+
+// start(n, g, v) fixes row n's scale of group g from its current values v[0..group); round(n, k, v)
+// stores the code of W[n, k] and returns its de-quantized value.
+template <class F>
+struct Grid {
+  int64_t K;
+  float ts;
+  typename F::Code* codes;
+  typename F::Scale* scales;
+  void start(int64_t n, int64_t g, const float* v) {
+    float amax = 0.f;
+    for (int j = 0; j < F::kGroup; ++j) amax = std::max(amax, std::fabs(v[j]));
+    scales[n * (K / F::kGroup) + g] = F::scale(amax, ts);
+  }
+  float round(int64_t n, int64_t k, float v) {
+    const typename F::Scale s = scales[n * (K / F::kGroup) + k / F::kGroup];
+    codes[n * K + k] = F::code(v, s, ts);
+    return F::value(codes[n * K + k], s, ts);
+  }
+};
+
+// The GPTQ sweep. Rows are independent within a block, so each row walks the block's columns in order
+// (cache-friendly); the block's error then reaches the later columns in one GEMM (the lazy batch update).
+template <class F>
+void gptqSweep(float* W, int64_t N, int64_t K, const std::vector<float>& U, Grid<F> grid) {
+  const int64_t group = F::kGroup;
   if (K % group) throw Error("GPTQ: " + std::to_string(K) + " columns is not a multiple of the group size " +
                              std::to_string(group));
   if (static_cast<int64_t>(U.size()) != K * K) throw Error("GPTQ: inverse Hessian factor does not match the weight");
@@ -78,50 +116,15 @@ void gptqSweep(float* W, int64_t N, int64_t K, const std::vector<float>& U, int6
   }
 }
 
-struct Int4Grid {
-  int64_t K;
-  int8_t* q;
-  float* scales;
-  void start(int64_t n, int64_t g, const float* v) {
-    float amax = 0.f;
-    for (int j = 0; j < kInt4Group; ++j) amax = std::max(amax, std::fabs(v[j]));
-    scales[n * (K / kInt4Group) + g] = int4Scale(amax);
-  }
-  float round(int64_t n, int64_t k, float v) {
-    const float s = scales[n * (K / kInt4Group) + k / kInt4Group];
-    q[n * K + k] = int4Code(v, s);
-    return q[n * K + k] * s;  // = dequantizeInt4
-  }
-};
-
-struct Nvfp4Grid {
-  int64_t K;
-  float ts;
-  uint8_t* codes;
-  uint8_t* gscales;
-  void start(int64_t n, int64_t g, const float* v) {
-    float amax = 0.f;
-    for (int j = 0; j < kFp4Group; ++j) amax = std::max(amax, std::fabs(v[j]));
-    gscales[n * (K / kFp4Group) + g] = nvfp4GroupScale(amax, ts);
-  }
-  float round(int64_t n, int64_t k, float v) {
-    const uint8_t gs = gscales[n * (K / kFp4Group) + k / kFp4Group];
-    codes[n * K + k] = nvfp4Code(v, gs, ts);
-    return decodeE2m1(codes[n * K + k]) * (decodeE4m3(gs) * ts);  // = dequantizeNvfp4
-  }
-};
-
 }  // namespace
 
 void gptqInt4(float* W, int64_t N, int64_t K, const std::vector<float>& U, int8_t* q, float* scales) {
-  Int4Grid g{K, q, scales};
-  gptqSweep(W, N, K, U, kInt4Group, g);
+  gptqSweep(W, N, K, U, Grid<Int4Format>{K, 1.f, q, scales});
 }
 
 void gptqNvfp4(float* W, int64_t N, int64_t K, const std::vector<float>& U, float tensorScale, uint8_t* codes,
                uint8_t* gscales) {
-  Nvfp4Grid g{K, tensorScale, codes, gscales};
-  gptqSweep(W, N, K, U, kFp4Group, g);
+  gptqSweep(W, N, K, U, Grid<Nvfp4Format>{K, tensorScale, codes, gscales});
 }
 
 }  // namespace svdq::quant

@@ -8,6 +8,7 @@
 
 #include "binding.h"
 #include "svdq/quant.h"
+#include "svdq/quant_gptq.h"
 #include "svdq/quant_kernels.h"
 #include "svdq/quant_layer.h"
 #include "svdq/quant_pipeline.h"
@@ -122,6 +123,22 @@ Napi::Value GemmW4A4Int4(const Napi::CallbackInfo& info) {
     return out<Napi::Float32Array>(info.Env(), y);
   });
 }
+// gptqInt4(W, N, K, X, S, percdamp = 0.01) -> {q: Int8Array, scales: Float32Array}: GPTQ of W [N, K] against the rows X [S, K]
+Napi::Value GptqInt4(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    int64_t N = num(info, 1, "N"), K = num(info, 2, "K"), S = num(info, 4, "S");
+    const float* W = arr<float>(info, 0, N * K, "W");
+    const float* X = arr<float>(info, 3, S * K, "X");
+    const double damp = info.Length() > 5 && info[5].IsNumber() ? info[5].As<Napi::Number>().DoubleValue() : 0.01;
+    std::vector<float> w(W, W + N * K), s(static_cast<size_t>(N * K / kInt4Group));
+    std::vector<int8_t> q(static_cast<size_t>(N * K));
+    gptqInt4(w.data(), N, K, gptqInverseHessianFactor(X, S, K, damp), q.data(), s.data());
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("q", out<Napi::Int8Array>(info.Env(), q));
+    o.Set("scales", out<Napi::Float32Array>(info.Env(), s));
+    return o;
+  });
+}
 // svd(A, m, n, r, 'exact'|'randomized'|'auto') -> {U, S, Vt}
 Napi::Value SvdTop(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
@@ -162,8 +179,8 @@ double dbl(Napi::Object o, const char* k, double def) {
   return o.Has(k) && o.Get(k).IsNumber() ? o.Get(k).As<Napi::Number>().DoubleValue() : def;
 }
 
-// quantizeLayer({W, N, K, bias?, sample, S, x?, M?, precision, method, lowrank, rank, refine, gridStep, unsignedShift})
-// -> {relError, naiveRelError, smoothing, refineSteps, kind, parts..., y? (forward of x)}
+// quantizeLayer({W, N, K, bias?, sample, S, x?, M?, precision, method, lowrank, rank, refine, gridStep, unsignedShift, gptq})
+// -> {relError, naiveRelError, smoothing, refineSteps, gptq, rtnRelError, kind, parts..., y? (forward of x)}
 Napi::Value QuantizeLayer(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     Napi::Env env = info.Env();
@@ -187,9 +204,11 @@ Napi::Value QuantizeLayer(const Napi::CallbackInfo& info) {
     for (int64_t s = 0; s < S; ++s)
       for (int64_t k = 0; k < K; ++k) cal.absmax[k] = std::max(cal.absmax[k], std::fabs(cal.sample.data[s * K + k]));
     const std::string method = str(o, "method", "svdquant");
+    const bool gptq = o.Has("gptq") && o.Get("gptq").ToBoolean();
     Napi::Object res = Napi::Object::New(env);
     std::unique_ptr<Linear> layer;
     if (method == "w4a16") {
+      if (gptq) throw Error(kGptqNotW4A16);
       W4A16Weights w = quantizeW4A16Layer("layer", W, bias);
       res.Set("qweight", out<Napi::Uint8Array>(env, w.qweight));
       res.Set("wscales", out<Napi::Float32Array>(env, w.wscales));
@@ -204,11 +223,14 @@ Napi::Value QuantizeLayer(const Napi::CallbackInfo& info) {
       opt.refineIters = static_cast<int>(dbl(o, "refine", 8));
       opt.gridStep = dbl(o, "gridStep", 0.05);
       opt.tryUnsignedShift = o.Has("unsignedShift") && o.Get("unsignedShift").ToBoolean();
+      opt.gptq = gptq;
       LayerQuantResult r = quantizeW4A4Layer("layer", W, bias, cal, opt);
       res.Set("relError", r.relError);
       res.Set("naiveRelError", r.naiveRelError);
       res.Set("smoothing", r.smoothing);
       res.Set("refineSteps", r.refineSteps);
+      res.Set("gptq", r.gptq);
+      res.Set("rtnRelError", r.rtnRelError);
       const W4A4Weights& w = r.weights;
       res.Set("inPadded", Napi::Number::New(env, static_cast<double>(w.inPadded)));
       res.Set("qweight", out<Napi::Uint8Array>(env, w.qweight));
@@ -292,6 +314,7 @@ Napi::Value QuantizeCheckpoint(const Napi::CallbackInfo& info) {
     p.layer.rank = static_cast<int>(dbl(o, "rank", 32));
     p.layer.refineIters = static_cast<int>(dbl(o, "refine", 8));
     p.layer.gridStep = dbl(o, "gridStep", 0.05);
+    p.layer.gptq = o.Has("gptq") && o.Get("gptq").ToBoolean();
     p.adaln16 = str(o, "adaln", "w4a16") == "16bit";
     p.calibRows = static_cast<int>(dbl(o, "calibRows", 256));
     p.randomCalibSets = static_cast<int>(dbl(o, "randomCalibSets", 2));
@@ -368,6 +391,7 @@ void registerQuant(Napi::Env env, Napi::Object exports) {
   q.Set("packNibbles", Napi::Function::New(env, PackNibbles));
   q.Set("unpackNibbles", Napi::Function::New(env, UnpackNibbles));
   q.Set("gemmW4A4Int4", Napi::Function::New(env, GemmW4A4Int4));
+  q.Set("gptqInt4", Napi::Function::New(env, GptqInt4));
   q.Set("svd", Napi::Function::New(env, SvdTop));
   q.Set("quantizeLayer", Napi::Function::New(env, QuantizeLayer));
   q.Set("quantizeCheckpoint", Napi::Function::New(env, QuantizeCheckpoint));

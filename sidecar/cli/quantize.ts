@@ -7,9 +7,12 @@ import { progressBar } from './progress.ts';
 
 export const USAGE = `svdq quantize IN.safetensors -o OUT.safetensors [--precision int4|nvfp4] [--rank N]
              [--calib FILE] [--method svdquant|smoothquant|lowrank|naive|w4a16] [--lowrank svd|corda|whiten]
-             [--refine N] [--grid-step S] [--adaln w4a16|16bit] [--calib-rows N] [--device cpu|cuda] [--force] [--json]
+             [--refine N] [--gptq] [--grid-step S] [--adaln w4a16|16bit] [--calib-rows N] [--device cpu|cuda]
+             [--force] [--json]
 
-Without --calib, calibrates on random inputs of the model's shapes (recorded in the metadata).`;
+Without --calib, calibrates on random inputs of the model's shapes (recorded in the metadata).
+--gptq quantizes each W4A4 layer's 4-bit residual with GPTQ (error feedback through the smoothed
+calibration inputs) instead of rounding to nearest; not with --method w4a16.`;
 
 export function parseQuantizeArgs(argv: string[]): { opts: QuantizeOptions & QuantizeExtras; json: boolean; help: boolean } {
   const { values, positionals } = parseArgs({
@@ -23,6 +26,7 @@ export function parseQuantizeArgs(argv: string[]): { opts: QuantizeOptions & Qua
       method: { type: 'string' },
       lowrank: { type: 'string' },
       refine: { type: 'string' },
+      gptq: { type: 'boolean' },
       'grid-step': { type: 'string' },
       adaln: { type: 'string' },
       'calib-rows': { type: 'string' },
@@ -52,6 +56,7 @@ export function parseQuantizeArgs(argv: string[]): { opts: QuantizeOptions & Qua
     calib: values.calib,
     method: values.method as QuantizeOptions['method'],
     lowrank: values.lowrank as QuantizeOptions['lowrank'],
+    gptq: values.gptq,
     force: values.force ?? false,
     refine: int('refine', values.refine),
     gridStep: values['grid-step'] === undefined ? undefined : Number(values['grid-step']),
@@ -85,7 +90,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const s = report.svdq;
-  console.log(`${report.output}: ${report.quantizedW4A4} W4A4 (${s.precision}, rank ${s.rank}, ${s.method}/${s.lowrank}), ` +
+  console.log(`${report.output}: ${report.quantizedW4A4} W4A4 (${s.precision}, rank ${s.rank}, ${s.method}/${s.lowrank}${s.gptq ? ', GPTQ' : ''}), ` +
     `${report.w4a16} W4A16, ${report.kept16} kept 16-bit`);
   console.log(`calibration: ${s.calibration}`);
   if (s.padded_layers.length) console.log(`padded to the group size: ${s.padded_layers.join(', ')}`);

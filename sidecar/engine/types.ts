@@ -52,6 +52,8 @@ export interface QuantizeOptions {
   rank?: number;
   method?: 'svdquant' | 'smoothquant' | 'lowrank' | 'naive' | 'w4a16';
   lowrank?: 'svd' | 'corda' | 'whiten';
+  /** GPTQ instead of round-to-nearest for the W4A4 residual (not with method w4a16). */
+  gptq?: boolean;
   calib?: string;
   force?: boolean;
 }

@@ -20,10 +20,13 @@ export const EVAL_CONFIGS: EvalConfig[] = [
   { label: 'SVDQuant INT4 r16', opts: { rank: 16 } },
   { label: 'SVDQuant INT4 r32 (no refinement)', opts: { rank: 32, refine: 0 } },
   { label: 'SVDQuant INT4 r32', opts: { rank: 32 } },
+  { label: 'SVDQuant INT4 r32 (no refinement) + GPTQ', opts: { rank: 32, refine: 0, gptq: true } },
+  { label: 'SVDQuant INT4 r32 + GPTQ', opts: { rank: 32, gptq: true } },
   { label: 'SVDQuant INT4 r64', opts: { rank: 64 } },
   { label: 'SVDQuant INT4 r32 CorDA', opts: { rank: 32, lowrank: 'corda' } },
   { label: 'SVDQuant INT4 r32 whiten', opts: { rank: 32, lowrank: 'whiten' } },
   { label: 'SVDQuant NVFP4 r32', opts: { rank: 32, precision: 'nvfp4' } },
+  { label: 'SVDQuant NVFP4 r32 + GPTQ', opts: { rank: 32, precision: 'nvfp4', gptq: true } },
   { label: 'W4A16 (INT4 weights g64)', opts: { method: 'w4a16' } },
 ];
 

@@ -10,6 +10,10 @@ export interface QuantizedLayerParts {
   sampleRelError: number;
   smoothing: string;
   refineSteps: number;
+  /** The residual is GPTQ-quantized (gptq was asked for and lowered relError). */
+  gptq: boolean;
+  /** With gptq asked for: relError of the round-to-nearest residual. */
+  rtnRelError: number;
   inPadded: number;
   qweight: Uint8Array;
   wscales: Float32Array;
@@ -41,6 +45,7 @@ export interface QuantizeLayerArgs {
   refine?: number;
   gridStep?: number;
   unsignedShift?: boolean;
+  gptq?: boolean;
 }
 
 /** Options of the native checkpoint quantizer (superset of QuantizeOptions in engine/types.ts). */
@@ -62,6 +67,8 @@ export interface QuantBinding {
   packNibbles(q: Int8Array): Uint8Array;
   unpackNibbles(packed: Uint8Array, n: number, signed?: boolean): Int8Array;
   gemmW4A4Int4(qa: Int8Array, ascale: Float32Array, M: number, qw: Int8Array, wscale: Float32Array, N: number, K: number): Float32Array;
+  /** GPTQ of W [N, K] (INT4 g64, the runtime grid) against the input rows X [S, K]. */
+  gptqInt4(W: Float32Array, N: number, K: number, X: Float32Array, S: number, percdamp?: number): { q: Int8Array; scales: Float32Array };
   svd(A: Float32Array, m: number, n: number, r: number, how?: 'exact' | 'randomized' | 'auto'): { U: Float32Array; S: Float32Array; Vt: Float32Array };
   quantizeLayer(args: QuantizeLayerArgs): QuantizedLayerParts;
   /** Resolves with the JSON report; the promise's cancel() stops it at the next layer (no output left). */

@@ -14,6 +14,10 @@ export interface LayerReport {
   smoothing: string;
   refineSteps: number;
   seconds: number;
+  /** The residual is GPTQ-quantized (asked for with gptq, and it lowered relError). */
+  gptq: boolean;
+  /** With gptq asked for: relError with the round-to-nearest residual (null for non-W4A4 layers). */
+  rtnRelError?: number | null;
 }
 
 export interface QuantizeReport {
@@ -32,6 +36,7 @@ export interface QuantizeReport {
     precision: string;
     rank: number;
     lowrank: string;
+    gptq: boolean;
     calibration: string;
     padded_layers: string[];
     kept_16bit: string[];

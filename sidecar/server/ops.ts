@@ -81,7 +81,7 @@ function quantizeOptions(s: ServerState, a: Record<string, unknown>): QuantizeOp
   const output = s.sandbox.resolve(a.output, 'output', false);
   if (existsSync(output) && !a.force) throw new ApiError('bad_args', `output: ${String(a.output)} exists (pass force: true to overwrite)`, 'output');
   const o: Record<string, unknown> = { input, output };
-  for (const k of ['precision', 'rank', 'method', 'lowrank', 'force', 'samples', 'seed']) if (a[k] !== undefined) o[k] = a[k];
+  for (const k of ['precision', 'rank', 'method', 'lowrank', 'gptq', 'force', 'samples', 'seed']) if (a[k] !== undefined) o[k] = a[k];
   if (a.calib !== undefined) o.calib = s.sandbox.resolve(a.calib, 'calib');
   return o as unknown as QuantizeOptions;
 }
@@ -179,6 +179,7 @@ export const OPS: Record<string, OpDef> = {
       precision: { type: 'str', optional: true, oneOf: PRECISIONS }, rank: { type: 'int', optional: true },
       method: { type: 'str', optional: true, oneOf: ['svdquant', 'smoothquant', 'lowrank', 'naive', 'w4a16'] },
       lowrank: { type: 'str', optional: true, oneOf: ['svd', 'corda', 'whiten'] },
+      gptq: { type: 'bool', optional: true, doc: 'GPTQ for the 4-bit residual (not with method w4a16)' },
       calib: { type: 'str', optional: true }, force: { type: 'bool', optional: true },
       samples: { type: 'int', optional: true }, seed: { type: 'int', optional: true },
     },

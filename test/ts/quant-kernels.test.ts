@@ -3,9 +3,7 @@
 import test from 'ava';
 import { Matrix, SingularValueDecomposition } from 'ml-matrix';
 import { quantNative as q } from '../../sidecar/quant/native.ts';
-import { bf16, gaussian, refQuantInt4, refUnpack, relErr, rng } from './helpers/quant-ref.ts';
-
-const E2M1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6];
+import { bf16, E2M1, gaussian, refQuantInt4, refUnpack, relErr, rng } from './helpers/quant-ref.ts';
 
 test('INT4 g64: codes and scales equal the definition; round-trip error bounded', (t) => {
   const rows = 37, cols = 256;

@@ -2,32 +2,11 @@
 // method ordering on a layer with activation outliers, and clear errors for bad input.
 import test from 'ava';
 import { quantNative as q } from '../../sidecar/quant/native.ts';
-import type { QuantizedLayerParts } from '../../sidecar/quant/native.ts';
-import { matmulNT, outlierLayer, refQuantInt4, refUnpack, relErr } from './helpers/quant-ref.ts';
+import { matmulNT, outlierLayer, refW4A4Int4Forward, relErr } from './helpers/quant-ref.ts';
 
 const N = 96, K = 256, S = 128;
 const layer = outlierLayer(N, K, S, 7);
 const bias = new Float32Array(N).map((_, i) => 0.01 * (i % 7));
-
-// y = deq(Q((x + shift)/smooth)) . deq(R)^T + bias + (x . down^T) . up^T, in float64 from the parts.
-function reference(p: QuantizedLayerParts, x: Float32Array, M: number): Float64Array {
-  const Kp = p.inPadded;
-  const xs = new Float32Array(M * Kp);
-  for (let m = 0; m < M; m++) for (let k = 0; k < K; k++) xs[m * Kp + k] = Math.fround((x[m * K + k] + p.actShift) / p.smooth[k]);
-  const a = refQuantInt4(xs, M, Kp, p.actShift > 0);
-  const qa = new Float64Array(M * Kp).map((_, i) => a.q[i] * a.scales[Math.floor(i / 64)]);
-  const qwI = refUnpack(p.qweight, N * Kp, true);
-  const qw = new Float64Array(N * Kp).map((_, i) => qwI[i] * p.wscales[Math.floor(i / 64)]);
-  const y = matmulNT(qa, qw, M, N, Kp);
-  const r = p.rank;
-  if (r > 0) {
-    const t = matmulNT(x, p.loraDown, M, r, K);
-    const l = matmulNT(t, p.loraUp, M, N, r);
-    for (let i = 0; i < y.length; i++) y[i] += l[i];
-  }
-  if (p.bias.length) for (let i = 0; i < y.length; i++) y[i] += p.bias[i % N];
-  return y;
-}
 
 test('W4A4 INT4 layer forward equals the float64 dequantized reference from its stored parts', (t) => {
   const M = 9;
@@ -36,7 +15,7 @@ test('W4A4 INT4 layer forward equals the float64 dequantized reference from its 
   t.is(p.kind, 'svdq-int4-r16');
   t.is(p.loraDown.length, 16 * K);
   t.true(p.smooth.every((v) => v > 0));
-  const e = relErr(p.y!, reference(p, x, M));
+  const e = relErr(p.y!, refW4A4Int4Forward(p, x, M, N, K));
   t.true(e < 1e-5, `kernel vs reference ${e}`);
 });
 
@@ -46,7 +25,7 @@ test('unsigned shifted activations (GELU inputs): forward equals the reference, 
   const M = 6;
   const x = X.slice(0, M * K);
   const p = q.quantizeLayer({ W: layer.W, N, K, bias, sample: X, S, x, M, rank: 16, refine: 0, unsignedShift: true, gridStep: 0.25 });
-  t.true(relErr(p.y!, reference(p, x, M)) < 1e-5);
+  t.true(relErr(p.y!, refW4A4Int4Forward(p, x, M, N, K)) < 1e-5);
   if (p.actShift > 0) t.is(p.actShift, 0.171875);
   t.log(`kind ${p.kind}, shift ${p.actShift}, sample error ${p.sampleRelError.toFixed(4)}`);
   t.true(p.sampleRelError < 0.2);

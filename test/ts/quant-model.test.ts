@@ -2,23 +2,16 @@
 // stays close to the 16-bit model, SVDQuant beats naive and SmoothQuant W4A4, the file has the
 // documented layout, and bad input fails clearly without leaving an output behind.
 import test from 'ava';
-import { existsSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Engine } from '../../sidecar/engine/engine.ts';
 import type { ForwardInputs, TensorData } from '../../sidecar/engine/types.ts';
 import { quantNative } from '../../sidecar/quant/native.ts';
 import { quantizeCheckpoint } from '../../sidecar/quant/quantize.ts';
-import { defaultOutlierConfig, makeInputs, makeOutlierFlux, writeSafetensors } from '../../tools/fixtures/outlier-flux.ts';
+import { makeInputs, makeOutlierFlux, writeSafetensors } from '../../tools/fixtures/outlier-flux.ts';
+import { tinyOutlierModel } from './helpers/outlier-model.ts';
 
-const dir = mkdtempSync(join(tmpdir(), 'svdq-quant-model-'));
-const cfg = { ...defaultOutlierConfig, hidden: 64, heads: 1, depthDouble: 1, depthSingle: 1, seed: 3 };
-const model = join(dir, 'model.safetensors');
-const calib = join(dir, 'calib.safetensors');
-const held = join(dir, 'held.safetensors');
-writeSafetensors(model, makeOutlierFlux(cfg));
-writeSafetensors(calib, makeInputs(cfg, 4, 10, 8, 16));
-writeSafetensors(held, makeInputs(cfg, 2, 20, 8, 16));
+const { dir, cfg, model, calib, held } = tinyOutlierModel(3, 4, 2);
 const fast = { calib, gridStep: 0.25, refine: 3, rank: 16 };
 
 function header(path: string): Record<string, { dtype: string; shape: number[] }> & { __metadata__: Record<string, string> } {

@@ -57,7 +57,7 @@ test.after.always(async () => {
 });
 
 test.serial('REST quantize: 202 with a job, progress while running, result when done', async (t) => {
-  const r = await post('/v1/quantize', { input: 'bf16.safetensors', output: 'q1.safetensors', precision: 'int4', rank: 16 });
+  const r = await post('/v1/quantize', { input: 'bf16.safetensors', output: 'q1.safetensors', precision: 'int4', rank: 16, gptq: true });
   t.is(r.status, 202);
   const { job } = await r.json();
   t.regex(job, /^job-\d+$/);
@@ -69,6 +69,7 @@ test.serial('REST quantize: 202 with a job, progress while running, result when 
   t.is(done.result.output, join(root, 'models', 'q1.safetensors'));
   t.regex(readFileSync(join(root, 'models', 'q1.safetensors'), 'utf8'), /bf16.safetensors at int4/);
   t.is(seen.at(-1)!.rank, 16);
+  t.is(seen.at(-1)!.gptq, true);
 });
 
 test.serial('REST quantize: cancel a running job; output not written; paths and existing outputs checked', async (t) => {

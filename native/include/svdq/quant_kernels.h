@@ -23,6 +23,9 @@ float decodeE4m3(uint8_t v);
 // Unsigned (inputs already shifted to >= 0): scale = bf16(max/15), q in [0, 15] (negatives clamp to 0).
 // q: [rows, cols] one value per int8; scales: [rows, cols/64].
 void quantizeInt4(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scales, bool isUnsigned = false);
+// The two halves of that grid, for quantizers that fix a group's scale first and round later (GPTQ).
+float int4Scale(float amax, bool isUnsigned = false);                 // bf16(amax / qmax)
+int8_t int4Code(float v, float scale, bool isUnsigned = false);       // 0 when scale is 0
 void dequantizeInt4(const int8_t* q, const float* scales, int64_t rows, int64_t cols, float* out);
 
 // --- NVFP4: E2M1 values {0,.5,1,1.5,2,3,4,6} x sign, groups of 16 with E4M3 scales and one F32 scale ---
@@ -34,6 +37,10 @@ float nvfp4TensorScale(const float* x, int64_t n);
 // gscale[g] = e4m3(amax_g / 6 / tensorScale); code = e2m1(v / (decode(gscale) * tensorScale)).
 // codes: [rows, cols] one code per byte; gscales: [rows, cols/16] E4M3 bytes.
 void quantizeNvfp4(const float* x, int64_t rows, int64_t cols, float tensorScale, uint8_t* codes, uint8_t* gscales);
+// The two halves of that grid: the E4M3 group scale of a group with max |v| = amax, and one value's
+// code under it (0 when the decoded scale is 0).
+uint8_t nvfp4GroupScale(float amax, float tensorScale);
+uint8_t nvfp4Code(float v, uint8_t gscale, float tensorScale);
 void dequantizeNvfp4(const uint8_t* codes, const uint8_t* gscales, float tensorScale, int64_t rows, int64_t cols,
                      float* out);
 

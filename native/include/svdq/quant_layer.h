@@ -1,5 +1,6 @@
 // Quantizing one linear layer: smoothing search, low-rank branch with refinement (plain SVD, CorDA
-// or whitened), 4-bit residual; and the W4A16 weight-only quantizer for adaLN modulation layers.
+// or whitened), 4-bit residual (round to nearest, or GPTQ); and the W4A16 weight-only quantizer for
+// adaLN modulation layers.
 #pragma once
 #include <string>
 #include <vector>
@@ -17,6 +18,10 @@ struct LayerCalib {
 enum class QuantMethod { SVDQuant, SmoothQuant, LowRank, Naive };
 enum class LowRankMode { Svd, Corda, Whiten };
 
+// Why method w4a16 refuses gptq (its asymmetric weight-only grid has no GPTQ path), for every front end.
+inline constexpr const char* kGptqNotW4A16 =
+    "gptq quantizes the W4A4 residual; method w4a16 (weight-only, asymmetric INT4) has no GPTQ path";
+
 struct LayerQuantOptions {
   QuantPrecision precision = QuantPrecision::Int4;
   QuantMethod method = QuantMethod::SVDQuant;
@@ -25,7 +30,8 @@ struct LayerQuantOptions {
   int refineIters = 8;        // 0: the plain top-r SVD of the smoothed weight
   double gridStep = 0.05;     // smoothing exponents a = step .. 1 - step
   bool tryUnsignedShift = false;  // input is a GELU output: also try shifted unsigned activations
-  float damp = 0.01f;         // covariance damping (times its mean diagonal) for corda / whiten
+  float damp = 0.01f;         // covariance damping (times its mean diagonal) for corda / whiten and GPTQ
+  bool gptq = false;          // quantize the chosen candidate's residual with GPTQ instead of rounding to nearest
 };
 
 struct LayerQuantResult {
@@ -34,6 +40,8 @@ struct LayerQuantResult {
   double naiveRelError = 0;   // same for the first candidate (no smoothing, plain SVD), for reports
   std::string smoothing;      // "none" or "a=0.45,b=0.55"
   int refineSteps = 0;        // refinement iterates kept
+  bool gptq = false;          // the residual is GPTQ-quantized (asked for, and it lowered relError)
+  double rtnRelError = 0;     // with gptq asked for: relError of the round-to-nearest residual, for reports
 };
 
 // W: [N, K], bias: [N] or empty. Throws svdq::Error naming `name` on bad shapes/values.

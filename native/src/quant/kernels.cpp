@@ -81,24 +81,25 @@ static void requireGroups(int64_t cols, int g, const char* what) {
                 std::to_string(g));
 }
 
+float int4Scale(float amax, bool isUnsigned) { return roundBf16(amax / (isUnsigned ? 15.f : 7.f)); }
+
+int8_t int4Code(float v, float s, bool isUnsigned) {
+  if (!(s > 0.f)) return 0;  // all-zero group (or NaN amax: zeros; callers check finiteness)
+  return static_cast<int8_t>(std::clamp(std::nearbyint(v / s), isUnsigned ? 0.f : -8.f, isUnsigned ? 15.f : 7.f));
+}
+
 void quantizeInt4(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scales, bool isUnsigned) {
   requireGroups(cols, kInt4Group, "quantizeInt4");
   const int64_t G = cols / kInt4Group;
-  const float qmax = isUnsigned ? 15.f : 7.f, qmin = isUnsigned ? 0.f : -8.f;
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t g = 0; g < G; ++g) {
       const float* v = x + r * cols + g * kInt4Group;
       int8_t* o = q + r * cols + g * kInt4Group;
       float amax = 0.f;
       for (int j = 0; j < kInt4Group; ++j) amax = std::max(amax, isUnsigned ? v[j] : std::fabs(v[j]));
-      const float s = roundBf16(amax / qmax);
+      const float s = int4Scale(amax, isUnsigned);
       scales[r * G + g] = s;
-      if (!(s > 0.f)) {  // all-zero group (or NaN amax: leave zeros; callers check finiteness)
-        std::memset(o, 0, kInt4Group);
-        continue;
-      }
-      for (int j = 0; j < kInt4Group; ++j)
-        o[j] = static_cast<int8_t>(std::clamp(std::nearbyint(v[j] / s), qmin, qmax));
+      for (int j = 0; j < kInt4Group; ++j) o[j] = int4Code(v[j], s, isUnsigned);
     }
   }
 }
@@ -125,12 +126,18 @@ void quantizeNvfp4(const float* x, int64_t rows, int64_t cols, float ts, uint8_t
       uint8_t* o = codes + r * cols + g * kFp4Group;
       float amax = 0.f;
       for (int j = 0; j < kFp4Group; ++j) amax = std::max(amax, std::fabs(v[j]));
-      const uint8_t gs = encodeE4m3(amax / 6.f / ts);
+      const uint8_t gs = nvfp4GroupScale(amax, ts);
       gscales[r * G + g] = gs;
-      const float s = decodeE4m3(gs) * ts;
-      for (int j = 0; j < kFp4Group; ++j) o[j] = s > 0.f ? encodeE2m1(v[j] / s) : 0;
+      for (int j = 0; j < kFp4Group; ++j) o[j] = nvfp4Code(v[j], gs, ts);
     }
   }
+}
+
+uint8_t nvfp4GroupScale(float amax, float ts) { return encodeE4m3(amax / 6.f / ts); }
+
+uint8_t nvfp4Code(float v, uint8_t gs, float ts) {
+  const float s = decodeE4m3(gs) * ts;
+  return s > 0.f ? encodeE2m1(v / s) : 0;
 }
 
 void dequantizeNvfp4(const uint8_t* codes, const uint8_t* gscales, float ts, int64_t rows, int64_t cols, float* out) {

@@ -171,6 +171,7 @@ std::string quantizeCheckpoint(const PipelineOptions& opt, const PipelineProgres
   if (std::filesystem::exists(opt.output) && std::filesystem::equivalent(opt.output, opt.input))
     throw Error(opt.output + ": output is the input file");
   const bool w4a16All = opt.method == "w4a16";
+  if (w4a16All && opt.layer.gptq) throw Error(std::string("quantize: ") + kGptqNotW4A16);
   const bool nvfp4 = opt.layer.precision == QuantPrecision::Nvfp4;
 
   auto file = SafetensorsFile::open(opt.input);
@@ -243,8 +244,9 @@ std::string quantizeCheckpoint(const PipelineOptions& opt, const PipelineProgres
     auto* dense = dynamic_cast<const DenseLinear*>(&model->linear(n));
     const bool quantize = role != LayerRole::Keep16 && !(role == LayerRole::AdaLN && opt.adaln16) && dense;
     std::string kind = "dense", smoothing;
-    double err = NAN, naiveErr = NAN;
+    double err = NAN, naiveErr = NAN, rtnErr = NAN;
     int refine = 0;
+    bool gptq = false;
     if (quantize) {
       Tensor W = dense->weightF32();
       for (int64_t i = 0; i < W.numel(); ++i)
@@ -278,6 +280,8 @@ std::string quantizeCheckpoint(const PipelineOptions& opt, const PipelineProgres
         auto layer = std::make_unique<W4A4Linear>(std::move(r.weights));
         kind = layer->kind();
         err = r.relError, naiveErr = r.naiveRelError, smoothing = r.smoothing, refine = r.refineSteps;
+        gptq = r.gptq;
+        if (lo.gptq) rtnErr = r.rtnRelError;
         model->replaceLinear(n, std::move(layer));
         ++nQuant;
       } else {
@@ -295,7 +299,10 @@ std::string quantizeCheckpoint(const PipelineOptions& opt, const PipelineProgres
     layersJson << (firstL ? "" : ",") << "{\"name\":" << jsonStr(n) << ",\"kind\":" << jsonStr(kind)
                << ",\"relError\":" << jsonNum(err) << ",\"naiveRelError\":" << jsonNum(naiveErr)
                << ",\"smoothing\":" << jsonStr(smoothing) << ",\"refineSteps\":" << refine
-               << ",\"seconds\":" << jsonNum(std::chrono::duration<double>(clock::now() - tl).count()) << "}";
+               << ",\"seconds\":" << jsonNum(std::chrono::duration<double>(clock::now() - tl).count())
+               << ",\"gptq\":" << (gptq ? "true" : "false");
+    if (opt.layer.gptq) layersJson << ",\"rtnRelError\":" << jsonNum(rtnErr);
+    layersJson << "}";
     firstL = false;
     if (progress) progress(static_cast<int64_t>(sets.size() + li + 1), total, n);
   }
@@ -320,7 +327,8 @@ std::string quantizeCheckpoint(const PipelineOptions& opt, const PipelineProgres
   for (size_t i = 0; i < padded.size(); ++i) paddedJson += (i ? "," : "") + jsonStr(padded[i]);
   sv << "{\"tool\":\"svdquant-comfy\",\"version\":" << jsonStr(opt.toolVersion) << ",\"method\":" << jsonStr(opt.method)
      << ",\"precision\":" << jsonStr(prec) << ",\"rank\":" << rank << ",\"lowrank\":" << jsonStr(lowrank)
-     << ",\"refine_iters\":" << opt.layer.refineIters << ",\"adaln\":" << jsonStr(opt.adaln16 ? "16bit" : "w4a16")
+     << ",\"refine_iters\":" << opt.layer.refineIters << ",\"gptq\":" << (opt.layer.gptq ? "true" : "false")
+     << ",\"adaln\":" << jsonStr(opt.adaln16 ? "16bit" : "w4a16")
      << ",\"calibration\":" << jsonStr(calibSource) << ",\"calib_rows\":" << col.rows
      << ",\"act_unsigned_gelu\":" << (opt.unsignedGelu && !nvfp4 ? "true" : "false")
      << ",\"padded_layers\":[" << paddedJson << "],\"kept_16bit\":[" << kept16Json.str() << "],\"layers\":[" << layersJson.str()

@@ -21,10 +21,10 @@ std::vector<int> defaultRopeAxes(int64_t headDim) {
 
 namespace {
 
-// Output features of a layer stored dense (.weight [out, in]) or quantized (.qweight [out, in/2]).
+// Output features of a layer stored dense (.weight [out, in]) or quantized (.qweight [out, in/2], or parts).
 int64_t layerOut(const CheckpointKeys& keys, const std::string& layer) {
   if (keys.has(layer + ".weight")) return keys.shape(layer + ".weight").at(0);
-  if (keys.file().has(layer + ".qweight")) return keys.file().info(layer + ".qweight").shape.at(0);
+  if (hasQuantizedLinear(keys.file(), layer)) return quantizedLinearOut(keys.file(), layer);
   keys.missing(layer + ".weight");
 }
 

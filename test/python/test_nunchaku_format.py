@@ -248,6 +248,19 @@ def test_nunchaku_file_runs_like_our_checkpoint(pair, svdq_forward):
     assert rel_l2(a, ref) < 0.3
 
 
+def test_convert_writes_the_same_model_in_our_layout(pair, svdq_forward):
+    out = str(pair["dir"] / "converted.safetensors")
+    r = _svdq("convert", "--from", "nunchaku", pair["nunchaku"], "-o", out)
+    assert r.returncode == 0, r.stderr
+    names = load_file(out).keys()
+    assert "single_blocks.0.linear2.in_part.1.act_shift" in names and not any(k.startswith("transformer_blocks.") for k in names)
+    a = svdq_forward(pair["nunchaku"], pair["fx"]["inputs"])
+    c = svdq_forward(out, pair["fx"]["inputs"])
+    assert rel_l2(c, a) == 0.0
+    r = _svdq("convert", "--from", "nunchaku", pair["ours"], "-o", str(pair["dir"] / "never.safetensors"))
+    assert r.returncode != 0 and "not a Nunchaku checkpoint" in r.stderr, r.stderr
+
+
 def _broken(pair, name: str, edit) -> str:
     sd = load_file(pair["nunchaku"])
     edit(sd)

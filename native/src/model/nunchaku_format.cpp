@@ -7,6 +7,8 @@
 
 #include "../quant/layer_reader.h"
 #include "../quant/nunchaku_pack.h"
+#include "checkpoint_keys.h"
+#include "svdq/flux.h"
 #include "svdq/quant.h"
 #include "svdq/quant_kernels.h"
 #include "svdq/split_linear.h"
@@ -204,3 +206,21 @@ std::unique_ptr<Linear> loadLinear(const SafetensorsFile& f, const std::string& 
 }
 
 }  // namespace svdq::nunchaku
+
+namespace svdq {
+
+void convertNunchakuCheckpoint(const std::string& input, const std::string& output, bool overwrite) {
+  {
+    auto file = SafetensorsFile::open(input);
+    if (CheckpointKeys(*file).naming() != CheckpointKeys::Naming::Nunchaku)
+      throw Error(input + ": not a Nunchaku checkpoint (neither 'transformer_blocks.0.qkv_proj.qweight' nor "
+                  "'single_transformer_blocks.0.qkv_proj.qweight' is present)");
+  }
+  auto model = FluxModel::load(input);
+  auto meta = model->metadata();  // Nunchaku's config, comfy_config, quantization_config carry over
+  meta.erase("model_class");      // names Nunchaku's loader, which cannot read our layout
+  meta["svdq"] = R"({"tool":"svdq convert","converted_from":"nunchaku"})";
+  saveFluxCheckpoint(*model, output, overwrite, meta);
+}
+
+}  // namespace svdq

@@ -7,6 +7,9 @@
 //     <layer>.qweight    U8  [N, Kp/2]   residual, two's complement nibbles, low nibble = even k
 //     <layer>.wscales    BF16 [Kp/64, N] (int4)  |  F8_E4M3 [Kp/16, N] (nvfp4)
 //     <layer>.wtscale    F32 [1]         nvfp4 only: the weight's tensor scale
+//     <layer>.wcscales   BF16/F32 [N]    nvfp4, optional: per-output-channel weight scale (Nunchaku's)
+//     <layer>.act_tensor_scale F32 [1]   nvfp4, optional: a fixed activation tensor scale instead of the
+//                                        per-token amax / (6 * 448) (Nunchaku's files: 1, plain E4M3 group scales)
 //     <layer>.smooth     BF16 [K]        the kernel quantizes x / smooth (x + act_shift first if present)
 //     <layer>.act_shift  F32 [1]         optional: activations quantized unsigned after adding the shift
 //                                        (GELU outputs); the shift is already compensated in bias
@@ -40,6 +43,8 @@ struct W4A4Weights {
   std::vector<float> wscales;      // int4: [out, inPadded/64]
   std::vector<uint8_t> wscales8;   // nvfp4: E4M3 [out, inPadded/16]
   float wtscale = 1.f;             // nvfp4 tensor scale
+  std::vector<float> wcscales;     // nvfp4, optional: per-output-channel scale [out] (Nunchaku's)
+  float actTensorScale = 0.f;      // nvfp4: > 0 a fixed activation tensor scale (Nunchaku: 1); 0 per token
   std::vector<float> smooth;       // [in]
   Tensor loraDown;                 // [r, in], raw input (may be empty: r = 0)
   Tensor loraUp;                   // [out, r]

@@ -19,7 +19,7 @@ namespace {
 
 enum class Role {
   W4A4,     // SVDQuant W4A4 layer
-  GeluFed,  // W4A4 after the fused GELU: INT4 runs it on unsigned (x + 0.171875) / smooth
+  GeluFed,  // W4A4 after the fused GELU: INT4 runs it on unsigned (x + 0.171875) / smooth, NVFP4 signed
   AdaLN6,   // AWQ W4A16 adaLN of a double block: 6 chunks, rows interleaved
   AdaLN3,   // AWQ W4A16 adaLN of a single block: 3 chunks
 };
@@ -78,14 +78,26 @@ std::unique_ptr<Linear> loadW4A4(const SafetensorsFile& f, const Piece& piece) {
   const int64_t N = qi.shape[0], K = qi.shape[1] * 2;
   if (N % 128 || K % 128)
     rd.fail(rd.key("qweight"), "shape " + shapeString(qi.shape) + ": Nunchaku's tiles need out and in to be multiples of 128");
-  const TensorInfo& si = rd.need("wscales");
-  if (si.dtype == DType::F8_E4M3)
-    rd.fail(rd.key("wscales"), "FP8 micro-scales: NVFP4 (fp4) Nunchaku checkpoints are not supported yet, only INT4");
-
   W4A4Weights w;
-  w.in = K, w.inPadded = K, w.out = N, w.precision = QuantPrecision::Int4;
-  w.qweight = unpackW4A4Weight(f.bytes(rd.key("qweight")), N, K);
-  w.wscales = unpackChannelScales(rd.floats("wscales", {K / quant::kInt4Group, N}).data(), N, K / quant::kInt4Group);
+  w.in = K, w.inPadded = K, w.out = N;
+  w.precision = rd.need("wscales").dtype == DType::F8_E4M3 ? QuantPrecision::Nvfp4 : QuantPrecision::Int4;
+  w.qweight = unpackW4A4Weight(f.bytes(rd.key("qweight")), N, K);  // INT4 values or E2M1 codes alike
+  if (w.precision == QuantPrecision::Int4) {
+    w.wscales = unpackChannelScales(rd.floats("wscales", {K / quant::kInt4Group, N}).data(), N, K / quant::kInt4Group);
+  } else {
+    rd.need("wscales", {K / quant::kFp4Group, N});
+    w.wscales8 = unpackMicroScales(f.bytes(rd.key("wscales")), N, K);
+    for (uint8_t b : w.wscales8)
+      if ((b & 0x7f) == 0x7f) rd.fail(rd.key("wscales"), "holds an E4M3 NaN");
+    // Weight = code * micro-scale * wtscale (per tensor, default 1) * wcscales (per channel, optional).
+    if (rd.has("wtscale")) {
+      const TensorInfo& ti = rd.need("wtscale");
+      if (numel(ti.shape) != 1) rd.fail(rd.key("wtscale"), "shape " + shapeString(ti.shape) + ", expected one value");
+      w.wtscale = rd.floats("wtscale", ti.shape)[0];
+    }
+    if (rd.has("wcscales")) w.wcscales = unpackChannelScales(rd.floats("wcscales", {N}).data(), N, 1);
+    w.actTensorScale = 1.f;  // Nunchaku's activation group scales are e4m3(amax / 6), no tensor scale
+  }
   w.smooth = unpackChannelScales(rd.floats("smooth", {K}).data(), K, 1);
   for (float s : w.smooth)
     if (!(s > 0.f)) rd.fail(rd.key("smooth"), "holds a non-positive smoothing factor");
@@ -106,8 +118,9 @@ std::unique_ptr<Linear> loadW4A4(const SafetensorsFile& f, const Piece& piece) {
   } else if (rd.has("lora_up") && numel(rd.need("lora_up").shape) > 0) {
     rd.fail(rd.key("lora_up"), "present without lora_down");
   }
-  // Nunchaku's INT4 MLP always quantizes GELU outputs shifted and unsigned (the exporter compensates in the bias).
-  if (piece.role == Role::GeluFed) w.actShift = quant::kGeluShift;
+  // Nunchaku's INT4 MLP always quantizes GELU outputs shifted and unsigned (the exporter compensates in
+  // the bias); its NVFP4 MLP quantizes them signed like any input.
+  if (piece.role == Role::GeluFed && w.precision == QuantPrecision::Int4) w.actShift = quant::kGeluShift;
   return std::make_unique<W4A4Linear>(std::move(w));
 }
 

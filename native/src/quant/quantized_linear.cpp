@@ -60,7 +60,7 @@ std::string W4A4Linear::kind() const {
 }
 
 size_t W4A4Linear::weightBytes() const {
-  return w_.qweight.size() + w_.wscales.size() * 2 + w_.wscales8.size() + w_.smooth.size() * 2 +
+  return w_.qweight.size() + (w_.wscales.size() + w_.wcscales.size()) * 2 + w_.wscales8.size() + w_.smooth.size() * 2 +
          (w_.loraDown.data.size() + w_.loraUp.data.size() + w_.bias.size()) * 2;
 }
 
@@ -80,12 +80,15 @@ void W4A4Linear::forward(const float* x, int64_t M, float* y) const {
     std::vector<uint8_t> ca(xs.size()), gsa(static_cast<size_t>(M * Kp / G));
     std::vector<float> ats(static_cast<size_t>(M));
     for (int64_t m = 0; m < M; ++m) {
-      ats[m] = nvfp4TensorScale(xs.data() + m * Kp, Kp);
+      ats[m] = w_.actTensorScale > 0 ? w_.actTensorScale : nvfp4TensorScale(xs.data() + m * Kp, Kp);
       quantizeNvfp4(xs.data() + m * Kp, 1, Kp, ats[m], ca.data() + m * Kp, gsa.data() + m * Kp / G);
     }
     unpackNibbles(w_.qweight.data(), N * Kp, qw.data(), false);  // E2M1 codes are unsigned nibbles
     gemmW4A4Nvfp4(ca.data(), gsa.data(), ats.data(), M, reinterpret_cast<const uint8_t*>(qw.data()),
                   w_.wscales8.data(), w_.wtscale, N, Kp, y);
+    if (!w_.wcscales.empty())
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) y[m * N + n] *= w_.wcscales[n];
   }
   if (!w_.bias.empty())
     for (int64_t m = 0; m < M; ++m)
@@ -139,6 +142,9 @@ void writeW4A4(SafetensorsWriter& out, const std::string& L, const W4A4Weights& 
     auto t = transposed(w.wscales8.data(), N, Kp / G);
     out.add(L + ".wscales", DType::F8_E4M3, {Kp / G, N}, t.data(), t.size());
     out.add(L + ".wtscale", DType::F32, {1}, &w.wtscale, 4);
+    if (!w.wcscales.empty() && bf16Exact(w.wcscales)) addBf16(out, L + ".wcscales", {N}, w.wcscales.data());
+    else if (!w.wcscales.empty()) out.add(L + ".wcscales", DType::F32, {N}, w.wcscales.data(), w.wcscales.size() * 4);
+    if (w.actTensorScale > 0) out.add(L + ".act_tensor_scale", DType::F32, {1}, &w.actTensorScale, 4);
   }
   addBf16(out, L + ".smooth", {w.in}, w.smooth.data());
   if (w.actShift > 0) out.add(L + ".act_shift", DType::F32, {1}, &w.actShift, 4);
@@ -257,6 +263,11 @@ std::unique_ptr<Linear> loadQuantizedLinear(const SafetensorsFile& f, const std:
     for (uint8_t b : w.wscales8)
       if ((b & 0x7f) == 0x7f) rd.fail(wk, "holds an E4M3 NaN");
     w.wtscale = rd.floats("wtscale", {1})[0];
+    if (rd.has("wcscales")) w.wcscales = rd.floats("wcscales", {N});
+    if (rd.has("act_tensor_scale")) {
+      w.actTensorScale = rd.floats("act_tensor_scale", {1})[0];
+      if (!(w.actTensorScale > 0)) rd.fail(rd.key("act_tensor_scale"), "must be positive");
+    }
   }
   w.smooth = rd.floats("smooth", {w.in});
   for (float s : w.smooth)

@@ -34,6 +34,15 @@ def pack_scale(s: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x).reshape(-1)
 
 
+def pack_micro_scale(s: np.ndarray) -> np.ndarray:
+    """NVFP4 E4M3 scales [n, k/16] (bytes) -> the flat storage order (pack_micro_scale, warp_n = 128)."""
+    n, g = s.shape
+    assert n % 128 == 0 and g % 4 == 0, (n, g)
+    # (n_tiles, packs 1, s_pack_size 4, 4, 8, k/64, insn_k/16 = 4) -> (n_tiles, k/64, packs, 8, 4, s_pack_size, 4)
+    x = s.reshape(n // 128, 1, 4, 4, 8, g // 4, 4).transpose(0, 5, 1, 4, 3, 2, 6)
+    return np.ascontiguousarray(x).reshape(-1)
+
+
 def pack_lowrank(w: np.ndarray, down: bool) -> np.ndarray:
     """down: [r, c] -> stored [c, r]; up: [c, r] -> stored [c, r]; 16x16 blocks (channel block, rank block)."""
     if down:

@@ -9,6 +9,7 @@ shifted unsigned GELU half, adaLN biases rounded like the exporter's "+1"), so b
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -43,44 +44,74 @@ def _nibbles(packed: torch.Tensor, signed: bool) -> np.ndarray:
     return np.where(q >= 8, q - 16, q) if signed else q
 
 
+def _e4m3(b: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(b, dtype=np.uint8)).view(torch.float8_e4m3fn)
+
+
 def _pack_nibbles(q: np.ndarray) -> torch.Tensor:
     u = q.astype(np.int16) & 0xF
     return torch.from_numpy((u[:, 0::2] | (u[:, 1::2] << 4)).astype(np.uint8))
 
 
+@dataclasses.dataclass
 class W4A4:
-    """One W4A4 layer as plain arrays (our semantics: y = Q((x + shift)/smooth)·Q(W)ᵀ + bias + x·downᵀ·upᵀ)."""
+    """One W4A4 layer as plain arrays. Our semantics: y = Q((x + shift)/smooth)·Q(W)ᵀ (· wcscales) + bias + x·downᵀ·upᵀ.
+    INT4: q signed, wscales [n, k/64] floats. NVFP4: q E2M1 codes, wscales [n, k/16] E4M3 bytes, wtscale."""
+    q: np.ndarray
+    wscales: np.ndarray
+    smooth: np.ndarray
+    down: np.ndarray
+    up: np.ndarray
+    bias: np.ndarray | None
+    shift: float = 0.0
+    fp4: bool = False
+    wtscale: float = 1.0
+    wcscales: np.ndarray | None = None
 
-    def __init__(self, q, wscales, smooth, down, up, bias, shift):
-        self.q, self.wscales, self.smooth, self.down, self.up, self.bias, self.shift = q, wscales, smooth, down, up, bias, shift
+    @property
+    def group(self):
+        return 16 if self.fp4 else 64
 
     @classmethod
     def read(cls, sd, name):
-        shift = float(sd[f"{name}.act_shift"][0]) if f"{name}.act_shift" in sd else 0.0
-        bias = _np(sd[f"{name}.bias"]) if f"{name}.bias" in sd else None
-        return cls(_nibbles(sd[f"{name}.qweight"], True), _np(sd[f"{name}.wscales"]).T.copy(), _np(sd[f"{name}.smooth"]),
-                   _np(sd[f"{name}.lora_down"]), _np(sd[f"{name}.lora_up"]), bias, shift)
+        fp4 = sd[f"{name}.wscales"].dtype == torch.float8_e4m3fn
+        ws = sd[f"{name}.wscales"].view(torch.uint8).numpy() if fp4 else _np(sd[f"{name}.wscales"])
+        return cls(q=_nibbles(sd[f"{name}.qweight"], not fp4), wscales=ws.T.copy(), smooth=_np(sd[f"{name}.smooth"]),
+                   down=_np(sd[f"{name}.lora_down"]), up=_np(sd[f"{name}.lora_up"]),
+                   bias=_np(sd[f"{name}.bias"]) if f"{name}.bias" in sd else None,
+                   shift=float(sd[f"{name}.act_shift"][0]) if f"{name}.act_shift" in sd else 0.0,
+                   fp4=fp4, wtscale=float(sd[f"{name}.wtscale"][0]) if fp4 else 1.0)
 
     def rows(self, a, b):
-        bias = None if self.bias is None else self.bias[a:b]
-        return W4A4(self.q[a:b], self.wscales[a:b], self.smooth, self.down, self.up[a:b], bias, self.shift)
+        return dataclasses.replace(self, q=self.q[a:b], wscales=self.wscales[a:b], up=self.up[a:b],
+                                   bias=None if self.bias is None else self.bias[a:b],
+                                   wcscales=None if self.wcscales is None else self.wcscales[a:b])
 
     def cols(self, a, b, bias=True):
-        return W4A4(self.q[:, a:b], self.wscales[:, a // 64:b // 64], self.smooth[a:b], self.down[:, a:b], self.up,
-                    self.bias if bias else None, self.shift)
+        g = self.group
+        return dataclasses.replace(self, q=self.q[:, a:b], wscales=self.wscales[:, a // g:b // g], smooth=self.smooth[a:b],
+                                   down=self.down[:, a:b], bias=self.bias if bias else None)
 
     def shifted(self):
-        """Runs the layer on unsigned (x + 0.171875) / smooth, as Nunchaku's INT4 mlp_fc2 always does, with the
+        """INT4: runs the layer on unsigned (x + 0.171875) / smooth, as Nunchaku's INT4 mlp_fc2 always does, with the
         shift compensated in the bias like the exporter does (the low-rank branch sees the unshifted x)."""
-        if self.shift:
+        if self.shift or self.fp4:
             return self
         deq = (self.q * np.repeat(self.wscales, 64, axis=1)) / self.smooth
         bias = (0 if self.bias is None else self.bias) - nk.GELU_SHIFT * deq.sum(axis=1)
-        return W4A4(self.q, self.wscales, self.smooth, self.down, self.up, _round_bf16(bias), nk.GELU_SHIFT)
+        return dataclasses.replace(self, bias=_round_bf16(bias), shift=nk.GELU_SHIFT)
 
     def ours(self, name):
-        sd = {f"{name}.qweight": _pack_nibbles(self.q), f"{name}.wscales": _bf16(self.wscales.T),
-              f"{name}.smooth": _bf16(self.smooth), f"{name}.lora_down": _bf16(self.down), f"{name}.lora_up": _bf16(self.up)}
+        sd = {f"{name}.qweight": _pack_nibbles(self.q), f"{name}.smooth": _bf16(self.smooth),
+              f"{name}.lora_down": _bf16(self.down), f"{name}.lora_up": _bf16(self.up)}
+        if self.fp4:
+            sd[f"{name}.wscales"] = _e4m3(self.wscales.T)
+            sd[f"{name}.wtscale"] = torch.tensor([self.wtscale], dtype=torch.float32)
+            sd[f"{name}.act_tensor_scale"] = torch.tensor([1.0])  # Nunchaku's activations: no tensor scale
+            if self.wcscales is not None:
+                sd[f"{name}.wcscales"] = _bf16(self.wcscales)
+        else:
+            sd[f"{name}.wscales"] = _bf16(self.wscales.T)
         if self.bias is not None:
             sd[f"{name}.bias"] = _bf16(self.bias)
         if self.shift:
@@ -90,13 +121,20 @@ class W4A4:
     def nunchaku(self, name):
         n = self.q.shape[0]
         bias = self.bias if self.bias is not None else np.zeros(n, np.float32)  # Nunchaku always has one
-        return {f"{name}.qweight": torch.from_numpy(nk.pack_weight(self.q)),
-                f"{name}.wscales": _bf16(nk.pack_scale(self.wscales).reshape(-1, n)),
-                f"{name}.bias": _bf16(nk.pack_scale(bias)),
-                f"{name}.smooth": _bf16(nk.pack_scale(self.smooth)),
-                f"{name}.smooth_orig": _bf16(nk.pack_scale(self.smooth)),
-                f"{name}.lora_down": _bf16(nk.pack_lowrank(self.down, down=True)),
-                f"{name}.lora_up": _bf16(nk.pack_lowrank(self.up, down=False))}
+        sd = {f"{name}.qweight": torch.from_numpy(nk.pack_weight(self.q)),
+              f"{name}.bias": _bf16(nk.pack_scale(bias)),
+              f"{name}.smooth": _bf16(nk.pack_scale(self.smooth)),
+              f"{name}.smooth_orig": _bf16(nk.pack_scale(self.smooth)),
+              f"{name}.lora_down": _bf16(nk.pack_lowrank(self.down, down=True)),
+              f"{name}.lora_up": _bf16(nk.pack_lowrank(self.up, down=False))}
+        if self.fp4:
+            sd[f"{name}.wscales"] = _e4m3(nk.pack_micro_scale(self.wscales).reshape(-1, n))
+            sd[f"{name}.wtscale"] = torch.tensor([self.wtscale], dtype=torch.float32)
+            if self.wcscales is not None:
+                sd[f"{name}.wcscales"] = _bf16(nk.pack_scale(self.wcscales))
+        else:
+            sd[f"{name}.wscales"] = _bf16(nk.pack_scale(self.wscales).reshape(-1, n))
+        return sd
 
 
 def _adaln(sd, name, nname, splits, ours, theirs):
@@ -140,6 +178,16 @@ def build_pair(quantized: str, out_dir: str) -> tuple[str, str]:
     """Our quantized checkpoint -> (our-layout file, Nunchaku-layout file) of one and the same model."""
     sd = load_file(quantized)
     ours, theirs = {}, {}
+    fp4 = sd["double_blocks.0.img_attn.qkv.wscales"].dtype == torch.float8_e4m3fn
+
+    def read(name):
+        layer = W4A4.read(sd, name)
+        if layer.bias is not None:
+            layer.bias = _round_bf16(layer.bias)  # Nunchaku keeps biases in the model dtype
+        if fp4:  # exercise the per-channel weight scale NVFP4 files may carry (same values in both files)
+            layer.wcscales = _round_bf16(1 + 0.25 * np.sin(np.arange(layer.q.shape[0], dtype=np.float32)))
+        return layer
+
     _unquantized(sd, ours, theirs)
     nd = sum(1 for k in sd if k.endswith("img_attn.norm.query_norm.scale"))
     ns = sum(1 for k in sd if k.endswith(".norm.query_norm.scale") and k.startswith("single_blocks."))
@@ -155,9 +203,7 @@ def build_pair(quantized: str, out_dir: str) -> tuple[str, str]:
                              ("img_attn.proj", "out_proj", False), ("txt_attn.proj", "out_proj_context", False),
                              ("img_mlp.0", "mlp_fc1", False), ("img_mlp.2", "mlp_fc2", True),
                              ("txt_mlp.0", "mlp_context_fc1", False), ("txt_mlp.2", "mlp_context_fc2", True)):
-            layer = W4A4.read(sd, b + ob)
-            if layer.bias is not None:
-                layer.bias = _round_bf16(layer.bias)  # Nunchaku keeps biases in the model dtype
+            layer = read(b + ob)
             if gelu:
                 layer = layer.shifted()  # Nunchaku's INT4 MLP always runs fc2 shifted and unsigned
             ours.update(layer.ours(b + ob))
@@ -167,21 +213,24 @@ def build_pair(quantized: str, out_dir: str) -> tuple[str, str]:
         for ob, tb in (("norm.query_norm.scale", "norm_q.weight"), ("norm.key_norm.scale", "norm_k.weight")):
             ours[b + ob] = theirs[t + tb] = sd[b + ob]
         _adaln(sd, b + "modulation.lin", t + "norm.linear", 3, ours, theirs)
-        l1 = W4A4.read(sd, b + "linear1")
-        l1.bias = _round_bf16(l1.bias)
+        l1 = read(b + "linear1")
         ours.update(l1.ours(b + "linear1"))  # one layer: qkv_proj and mlp_fc1 share input, smooth and lora_down
         theirs.update(l1.rows(0, 3 * HIDDEN).nunchaku(t + "qkv_proj"))
         theirs.update(l1.rows(3 * HIDDEN, l1.q.shape[0]).nunchaku(t + "mlp_fc1"))
-        l2 = W4A4.read(sd, b + "linear2")
-        l2.bias = _round_bf16(l2.bias)
+        l2 = read(b + "linear2")
         attn, mlp = l2.cols(0, HIDDEN), l2.cols(HIDDEN, l2.q.shape[1], bias=False).shifted()
         ours.update(attn.ours(b + "linear2.in_part.0"))  # our format's split layer
         ours.update(mlp.ours(b + "linear2.in_part.1"))
         theirs.update(attn.nunchaku(t + "out_proj"))
         theirs.update(mlp.nunchaku(t + "mlp_fc2"))
-    qc = {"method": "svdquant", "weight": {"dtype": "int4", "scale_dtype": None, "group_size": 64},
-          "activation": {"dtype": "int4", "scale_dtype": None, "group_size": 64}, "rank": RANK}
-    a, n = os.path.join(out_dir, "ours.safetensors"), os.path.join(out_dir, "svdq-int4_r16-tiny.safetensors")
+    if fp4:  # as nunchaku/merge_safetensors.py writes it
+        qc = {"method": "svdquant", "weight": {"dtype": "fp4_e2m1_all", "scale_dtype": [None, "fp8_e4m3_nan"], "group_size": 16},
+              "activation": {"dtype": "fp4_e2m1_all", "scale_dtype": "fp8_e4m3_nan", "group_size": 16}, "rank": RANK}
+    else:
+        qc = {"method": "svdquant", "weight": {"dtype": "int4", "scale_dtype": None, "group_size": 64},
+              "activation": {"dtype": "int4", "scale_dtype": None, "group_size": 64}, "rank": RANK}
+    a = os.path.join(out_dir, "ours.safetensors")
+    n = os.path.join(out_dir, f"svdq-{'fp4' if fp4 else 'int4'}_r{RANK}-tiny.safetensors")
     save_file({k: v.contiguous() for k, v in ours.items()}, a)
     save_file({k: v.contiguous() for k, v in theirs.items()}, n,
               metadata={"quantization_config": json.dumps(qc), "model_class": "NunchakuFluxTransformer2dModel"})
@@ -192,19 +241,29 @@ def _svdq(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["node", CLI, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def _make_pair(tmp_path_factory, precision: str) -> dict:
     if not os.path.exists(ADDON):
         pytest.skip(f"native addon not built ({ADDON} missing): run `npm run build`")
     from tools.fixtures.make_tiny_flux import make
 
-    d = tmp_path_factory.mktemp("nunchaku")
+    d = tmp_path_factory.mktemp(f"nunchaku-{precision}")
     fx = make(str(d / "fx"), hidden=HIDDEN, heads=HEADS, depth=1, single=1, dtype="bf16", guidance=True)
     q = str(d / "q.safetensors")
-    r = _svdq("quantize", fx["model"], "-o", q, "--rank", str(RANK), "--grid-step", "0.25", "--refine", "2")
+    r = _svdq("quantize", fx["model"], "-o", q, "--precision", precision, "--rank", str(RANK), "--grid-step", "0.25",
+              "--refine", "2")
     assert r.returncode == 0, r.stderr
     ours, theirs = build_pair(q, str(d))
     return {"fx": fx, "ours": ours, "nunchaku": theirs, "dir": d}
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return _make_pair(tmp_path_factory, "int4")
+
+
+@pytest.fixture(scope="module")
+def pair_fp4(tmp_path_factory):
+    return _make_pair(tmp_path_factory, "nvfp4")
 
 
 # ------------------------------------------------------------------ the packer against the sources' own examples
@@ -228,6 +287,15 @@ def test_packer_weight_words_hold_eight_inputs_of_one_output():
     assert words[2] == 0x8
 
 
+def test_packer_micro_scales_follow_the_documented_lane_order():
+    # pack_micro_scale's comment: lane 0 loads channels 0 32 64 96, lane 1 8 40 72 104, lane 4 1 33 65 97;
+    # each 32-bit element holds the 4 scales of one channel along 64 inputs.
+    s = np.repeat(np.arange(128, dtype=np.uint8)[:, None], 4, axis=1)  # [128 channels, 64 inputs / 16]
+    p = nk.pack_micro_scale(s)
+    assert list(p[:16:4]) == [0, 32, 64, 96] and list(p[16:32:4]) == [8, 40, 72, 104] and list(p[64:80:4]) == [1, 33, 65, 97]
+    assert list(p[:4]) == [0, 0, 0, 0]
+
+
 def test_packer_lowrank_blocks():
     w = np.arange(32 * 16, dtype=np.float32).reshape(32, 16)  # up: 32 channels, rank 16
     p = nk.pack_lowrank(w, down=False).reshape(-1)
@@ -237,7 +305,9 @@ def test_packer_lowrank_blocks():
 
 # ------------------------------------------------------------------ the engine on the two encodings
 
-def test_nunchaku_file_runs_like_our_checkpoint(pair, svdq_forward):
+@pytest.mark.parametrize("which", ["pair", "pair_fp4"])
+def test_nunchaku_file_runs_like_our_checkpoint(which, request, svdq_forward):
+    pair = request.getfixturevalue(which)
     a = svdq_forward(pair["ours"], pair["fx"]["inputs"])
     n = svdq_forward(pair["nunchaku"], pair["fx"]["inputs"])
     assert torch.isfinite(n).all()

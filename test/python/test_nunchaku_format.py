@@ -318,6 +318,26 @@ def test_nunchaku_file_runs_like_our_checkpoint(which, request, svdq_forward):
     assert rel_l2(a, ref) < 0.3
 
 
+def test_lora_on_split_layers_matches(pair, svdq_forward):
+    # A LoRA lands on whole BFL layers, also where Nunchaku's file keeps two layers (linear1, linear2).
+    g = torch.Generator().manual_seed(5)
+    lora = {}
+    for layer, (n_in, n_out) in {"single_blocks.0.linear1": (HIDDEN, 7 * HIDDEN), "single_blocks.0.linear2": (5 * HIDDEN, HIDDEN),
+                                 "double_blocks.0.img_attn.qkv": (HIDDEN, 3 * HIDDEN)}.items():
+        lora[f"diffusion_model.{layer}.lora_A.weight"] = torch.randn(4, n_in, generator=g) / n_in ** 0.5
+        lora[f"diffusion_model.{layer}.lora_B.weight"] = torch.randn(n_out, 4, generator=g) * 0.5
+    path = str(pair["dir"] / "lora.safetensors")
+    save_file(lora, path)
+    outs = []
+    for model in (pair["ours"], pair["nunchaku"]):
+        out = str(pair["dir"] / f"lora-out{len(outs)}.safetensors")
+        r = _svdq("forward", "--model", model, "--inputs", pair["fx"]["inputs"], "-o", out, "--lora", f"{path}:0.7", "--force")
+        assert r.returncode == 0 and "3 layers patched" in r.stderr, r.stderr
+        outs.append(load_file(out)["out"])
+    assert rel_l2(outs[1], outs[0]) < 1e-5
+    assert rel_l2(outs[1], svdq_forward(pair["nunchaku"], pair["fx"]["inputs"])) > 1e-3  # the LoRA did something
+
+
 def test_convert_writes_the_same_model_in_our_layout(pair, svdq_forward):
     out = str(pair["dir"] / "converted.safetensors")
     r = _svdq("convert", "--from", "nunchaku", pair["nunchaku"], "-o", out)

@@ -63,11 +63,6 @@ std::optional<Mapping> mapLayer(const std::string& bfl) {
 
 bool isAdaLN(Role r) { return r == Role::AdaLN6 || r == Role::AdaLN3; }
 
-// A file may keep an adaLN layer 16-bit under its diffusers name; the quantized layers never.
-bool keptDense(const SafetensorsFile& f, const Piece& p) {
-  return isAdaLN(p.role) && !f.has(p.name + ".qweight") && f.has(p.name + ".weight");
-}
-
 std::unique_ptr<Linear> loadW4A4(const SafetensorsFile& f, const Piece& piece) {
   LayerReader rd{f, piece.name};
   const TensorInfo& qi = rd.need("qweight");
@@ -185,7 +180,7 @@ int64_t pieceOut(const SafetensorsFile& f, const Piece& p) {
 
 int64_t layerOut(const SafetensorsFile& f, const std::string& bflLayer) {
   const auto m = mapLayer(bflLayer);
-  if (!m || keptDense(f, m->pieces[0])) return -1;
+  if (!m) return -1;
   if (m->stack == SplitLinear::Stack::Inputs) return pieceOut(f, m->pieces[0]);
   int64_t out = 0;
   for (const auto& p : m->pieces) out += pieceOut(f, p);
@@ -194,7 +189,7 @@ int64_t layerOut(const SafetensorsFile& f, const std::string& bflLayer) {
 
 std::unique_ptr<Linear> loadLinear(const SafetensorsFile& f, const std::string& bflLayer, int64_t in, int64_t out) {
   const auto m = mapLayer(bflLayer);
-  if (!m || keptDense(f, m->pieces[0])) return nullptr;
+  if (!m) return nullptr;
   const bool byOutputs = m->stack == SplitLinear::Stack::Outputs;
   std::vector<std::unique_ptr<Linear>> parts;
   int64_t stacked = 0;  // outputs (or inputs) of the pieces so far

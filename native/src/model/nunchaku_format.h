@@ -12,11 +12,12 @@
 
 namespace svdq::nunchaku {
 
-// Output features of a BFL layer as stored (for reading the configuration); -1 when the file keeps
-// the layer 16-bit (embedders, final layer).
+// Output features of a BFL layer as stored (for reading the configuration); -1 for the layers
+// Nunchaku keeps 16-bit (embedders, final layer).
 int64_t layerOut(const SafetensorsFile& f, const std::string& bflLayer);
 
-// The BFL layer [in, out] built from Nunchaku's tensors; nullptr when the file keeps it 16-bit.
+// The BFL layer [in, out] built from Nunchaku's tensors; nullptr for the layers Nunchaku keeps 16-bit
+// (they load by their diffusers names).
 // Throws svdq::Error naming the file and the tensor on a missing, misshapen or mistyped tensor.
 std::unique_ptr<Linear> loadLinear(const SafetensorsFile& f, const std::string& bflLayer, int64_t in, int64_t out);
 

@@ -8,6 +8,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   svdq::binding::registerQuant(env, exports);
   svdq::binding::registerLora(env, exports);
   svdq::binding::registerGpu(env, exports);
+  svdq::binding::registerConvert(env, exports);
   return exports;
 }
 

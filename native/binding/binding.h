@@ -8,6 +8,7 @@ void registerEngine(Napi::Env env, Napi::Object exports);   // engine.cpp: Engin
 void registerQuant(Napi::Env env, Napi::Object exports);    // quant.cpp: quantize, quant kernels
 void registerLora(Napi::Env env, Napi::Object exports);     // lora.cpp: attach/rescale/detach LoRAs on an Engine
 void registerGpu(Napi::Env env, Napi::Object exports);      // gpu.cpp: CUDA backend availability, kernel test/bench entries
+void registerConvert(Napi::Env env, Napi::Object exports);  // convert.cpp: other formats' checkpoints to ours
 }  // namespace svdq::binding
 
 #include <string>

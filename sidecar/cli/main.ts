@@ -8,6 +8,7 @@ interface Command {
 const commands: Record<string, Command> = {
   forward: { summary: 'run the transformer once on inputs from a safetensors file', load: () => import('./forward.ts') },
   quantize: { summary: 'quantize a 16-bit FLUX checkpoint to SVDQuant 4-bit', load: () => import('./quantize.ts') },
+  convert: { summary: "rewrite Nunchaku's SVDQuant checkpoint in our layout", load: () => import('./convert.ts') },
   eval: { summary: 'whole-model error of each quantization method vs the 16-bit model', load: () => import('./eval.ts') },
   serve: { summary: 'start the sidecar (REST + ComfyUI channel)', load: () => import('./serve.ts') },
   demo: { summary: 'the bundled model in 16 bit and SVDQuant INT4, side by side', load: () => import('./demo.ts') },

@@ -91,6 +91,7 @@ class FluxModel {
   void replaceLinear(const std::string& name, std::unique_ptr<Linear> layer);
   size_t weightBytes() const;
   size_t memoryLimitBytes = 0;
+  const std::map<std::string, Tensor>& norms() const { return norms_; }  // QK-norm scales, BFL names
 
  private:
   FluxConfig config_;
@@ -98,5 +99,14 @@ class FluxModel {
   std::map<std::string, std::string> metadata_;
   std::map<std::string, Tensor> norms_;  // QK-norm scales under their BFL names
 };
+
+// Writes a loaded model (no LoRAs attached) as our checkpoint: BFL names, quantized layers in
+// svdq/quant.h's layout, 16-bit tensors BF16 where that is exact, else F32.
+void saveFluxCheckpoint(const FluxModel& model, const std::string& path, bool overwrite,
+                        const std::map<std::string, std::string>& metadata);
+
+// `svdq convert --from nunchaku`: Nunchaku's published checkpoint (svdq-int4_r32-*.safetensors) as ours.
+// Throws svdq::Error when `input` is not a Nunchaku checkpoint or does not convert.
+void convertNunchakuCheckpoint(const std::string& input, const std::string& output, bool overwrite);
 
 }  // namespace svdq

@@ -7,6 +7,9 @@
 //     <layer>.qweight    U8  [N, Kp/2]   residual, two's complement nibbles, low nibble = even k
 //     <layer>.wscales    BF16 [Kp/64, N] (int4)  |  F8_E4M3 [Kp/16, N] (nvfp4)
 //     <layer>.wtscale    F32 [1]         nvfp4 only: the weight's tensor scale
+//     <layer>.wcscales   BF16/F32 [N]    nvfp4, optional: per-output-channel weight scale (Nunchaku's)
+//     <layer>.act_tensor_scale F32 [1]   nvfp4, optional: a fixed activation tensor scale instead of the
+//                                        per-token amax / (6 * 448) (Nunchaku's files: 1, plain E4M3 group scales)
 //     <layer>.smooth     BF16 [K]        the kernel quantizes x / smooth (x + act_shift first if present)
 //     <layer>.act_shift  F32 [1]         optional: activations quantized unsigned after adding the shift
 //                                        (GELU outputs); the shift is already compensated in bias
@@ -15,6 +18,9 @@
 //     <layer>.bias       BF16 [N]        optional (present whenever act_shift is)
 //   W4A16 (adaLN modulation; Nunchaku's AWQ semantics w = q * wscales + wzeros, q unsigned 0..15):
 //     <layer>.qweight U8 [N, K/2], <layer>.wscales BF16 [K/64, N], <layer>.wzeros BF16 [K/64, N], <layer>.bias
+//   Split (svdq/split_linear.h; Nunchaku's single-block layers): <layer>.out_part.<i>.* (parts stacked
+//     along outputs) or <layer>.in_part.<i>.* (along inputs, outputs summed), i = 0, 1, ..., each part a
+//     W4A4 or W4A16 layer as above.
 // Differences from Nunchaku: no tile permutations, lora_down is [r, K] (Nunchaku [K, r]), no
 // smooth_orig, NVFP4 activations use a per-token F32 scale (amax / (6 * 448)) under the E4M3 group scales.
 #pragma once
@@ -37,6 +43,8 @@ struct W4A4Weights {
   std::vector<float> wscales;      // int4: [out, inPadded/64]
   std::vector<uint8_t> wscales8;   // nvfp4: E4M3 [out, inPadded/16]
   float wtscale = 1.f;             // nvfp4 tensor scale
+  std::vector<float> wcscales;     // nvfp4, optional: per-output-channel scale [out] (Nunchaku's)
+  float actTensorScale = 0.f;      // nvfp4: > 0 a fixed activation tensor scale (Nunchaku: 1); 0 per token
   std::vector<float> smooth;       // [in]
   Tensor loraDown;                 // [r, in], raw input (may be empty: r = 0)
   Tensor loraUp;                   // [out, r]
@@ -86,10 +94,14 @@ class W4A16Linear : public Linear {
 
 // True when `layer` (a BFL layer name such as "double_blocks.0.img_attn.qkv") is stored quantized.
 bool hasQuantizedLinear(const SafetensorsFile& file, const std::string& layer);
+// Output features of a quantized layer as stored (its configuration before it is built).
+int64_t quantizedLinearOut(const SafetensorsFile& file, const std::string& layer);
 // Builds the quantized layer from its tensors; throws svdq::Error naming the file and key.
 std::unique_ptr<Linear> loadQuantizedLinear(const SafetensorsFile& file, const std::string& layer);
 // Writes a layer in the layout above.
 void writeW4A4(SafetensorsWriter& out, const std::string& layer, const W4A4Weights& w);
 void writeW4A16(SafetensorsWriter& out, const std::string& layer, const W4A16Weights& w);
+// Writes a W4A4, W4A16 or split layer of them; throws svdq::Error for any other kind.
+void writeQuantizedLinear(SafetensorsWriter& out, const std::string& layer, const Linear& l);
 
 }  // namespace svdq

@@ -48,6 +48,11 @@ bool startsWith(const std::string& s, const char* p) { return s.compare(0, std::
 }  // namespace
 
 CheckpointKeys::CheckpointKeys(const SafetensorsFile& file) : file_(file) {
+  // Nunchaku's quantized layers carry its own names (the fused qkv_proj exists nowhere else).
+  if (file.has("transformer_blocks.0.qkv_proj.qweight") || file.has("single_transformer_blocks.0.qkv_proj.qweight")) {
+    naming_ = Naming::Nunchaku;
+    return;
+  }
   for (const auto& n : file.names()) {
     if (startsWith(n, kComfyPrefix)) {
       naming_ = Naming::Comfy;
@@ -65,6 +70,13 @@ std::vector<CheckpointKeys::Part> CheckpointKeys::parts(const std::string& bflKe
     case Naming::Bfl: return {{bflKey}};
     case Naming::Comfy: return {{kComfyPrefix + bflKey}};
     case Naming::Diffusers: return diffusersParts(bflKey);
+    case Naming::Nunchaku: {
+      // Diffusers names, except that the QK-norm scales sit on the block: "transformer_blocks.0.norm_q.weight".
+      auto ps = diffusersParts(bflKey);
+      for (auto& p : ps)
+        if (auto at = p.key.find(".attn.norm_"); at != std::string::npos) p.key.erase(at + 1, 5);
+      return ps;
+    }
   }
   return {};
 }

@@ -1,6 +1,7 @@
 // Maps the BFL tensor names the model uses onto whatever naming a checkpoint has: BFL, BFL with
-// ComfyUI's "model.diffusion_model." prefix, or diffusers (where some BFL tensors are several
-// diffusers tensors concatenated along the output dim, and norm_out's halves are swapped).
+// ComfyUI's "model.diffusion_model." prefix, diffusers (where some BFL tensors are several
+// diffusers tensors concatenated along the output dim, and norm_out's halves are swapped), or
+// Nunchaku's (diffusers names outside the blocks; its quantized block layers are nunchaku_format's job).
 #pragma once
 #include <string>
 #include <vector>
@@ -13,7 +14,7 @@ class CheckpointKeys {
  public:
   explicit CheckpointKeys(const SafetensorsFile& file);
 
-  enum class Naming { Bfl, Comfy, Diffusers };
+  enum class Naming { Bfl, Comfy, Diffusers, Nunchaku };
   Naming naming() const { return naming_; }
   const SafetensorsFile& file() const { return file_; }
 

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "checkpoint_keys.h"
+#include "nunchaku_format.h"
 #include "svdq/dense_linear.h"
 #include "svdq/flux.h"
 #include "svdq/ops.h"
@@ -21,10 +22,12 @@ std::vector<int> defaultRopeAxes(int64_t headDim) {
 
 namespace {
 
-// Output features of a layer stored dense (.weight [out, in]) or quantized (.qweight [out, in/2]).
+// Output features of a layer stored dense (.weight [out, in]) or quantized (ours, parts included, or Nunchaku's).
 int64_t layerOut(const CheckpointKeys& keys, const std::string& layer) {
+  if (keys.naming() == CheckpointKeys::Naming::Nunchaku)
+    if (const int64_t n = nunchaku::layerOut(keys.file(), layer); n >= 0) return n;
   if (keys.has(layer + ".weight")) return keys.shape(layer + ".weight").at(0);
-  if (keys.file().has(layer + ".qweight")) return keys.file().info(layer + ".qweight").shape.at(0);
+  if (hasQuantizedLinear(keys.file(), layer)) return quantizedLinearOut(keys.file(), layer);
   keys.missing(layer + ".weight");
 }
 
@@ -115,7 +118,8 @@ FluxConfig readFluxConfig(const SafetensorsFile& file, const std::optional<std::
   c.numHeads = c.hidden / c.headDim;
   c.mlpHidden = c.depthDouble ? layerOut(keys, "double_blocks.0.img_mlp.0")
                               : layerOut(keys, "single_blocks.0.linear1") - 3 * c.hidden;
-  c.qkvBias = c.depthDouble ? keys.has("double_blocks.0.img_attn.qkv.bias") || file.has("double_blocks.0.img_attn.qkv.qweight")
+  c.qkvBias = c.depthDouble ? keys.has("double_blocks.0.img_attn.qkv.bias") || file.has("double_blocks.0.img_attn.qkv.qweight") ||
+                                  keys.naming() == CheckpointKeys::Naming::Nunchaku
                             : true;
   c.axesDim = axes ? *axes : defaultRopeAxes(c.headDim);
   int sum = 0;
@@ -141,9 +145,10 @@ std::unique_ptr<FluxModel> FluxModel::load(const std::string& path, const FluxLo
 
   for (const auto& [name, in, out] : layerPlan(c)) {
     std::unique_ptr<Linear> layer;
-    if (keys.naming() != CheckpointKeys::Naming::Diffusers && hasQuantizedLinear(*file, name)) {
+    if (keys.naming() == CheckpointKeys::Naming::Nunchaku) layer = nunchaku::loadLinear(*file, name, in, out);
+    else if (keys.naming() != CheckpointKeys::Naming::Diffusers && hasQuantizedLinear(*file, name))
       layer = loadQuantizedLinear(*file, name);
-    } else {
+    if (!layer) {
       const std::string wk = name + ".weight", bk = name + ".bias";
       if (!keys.has(wk)) keys.missing(wk);
       auto ws = keys.shape(wk);

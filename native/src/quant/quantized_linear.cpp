@@ -5,9 +5,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 
+#include "layer_reader.h"
 #include "svdq/quant.h"
 #include "svdq/quant_kernels.h"
+#include "svdq/split_linear.h"
 
 namespace svdq {
 using namespace quant;
@@ -29,6 +32,15 @@ void addBf16(SafetensorsWriter& out, const std::string& name, const std::vector<
   auto b = bf16Bits(v, static_cast<size_t>(numel(shape)));
   out.add(name, DType::BF16, shape, b.data(), b.size() * 2);
 }
+bool bf16Exact(const std::vector<float>& v) {
+  for (float x : v)
+    if (roundBf16(x) != x) return false;
+  return true;
+}
+// Where a split layer's parts live: "<layer>.out_part.<i>" / "<layer>.in_part.<i>".
+std::string partName(const std::string& layer, SplitLinear::Stack s, size_t i) {
+  return layer + (s == SplitLinear::Stack::Outputs ? ".out_part." : ".in_part.") + std::to_string(i);
+}
 // [rows, cols] -> [cols, rows]
 template <class T>
 std::vector<T> transposed(const T* v, int64_t rows, int64_t cols) {
@@ -48,7 +60,7 @@ std::string W4A4Linear::kind() const {
 }
 
 size_t W4A4Linear::weightBytes() const {
-  return w_.qweight.size() + w_.wscales.size() * 2 + w_.wscales8.size() + w_.smooth.size() * 2 +
+  return w_.qweight.size() + (w_.wscales.size() + w_.wcscales.size()) * 2 + w_.wscales8.size() + w_.smooth.size() * 2 +
          (w_.loraDown.data.size() + w_.loraUp.data.size() + w_.bias.size()) * 2;
 }
 
@@ -68,12 +80,15 @@ void W4A4Linear::forward(const float* x, int64_t M, float* y) const {
     std::vector<uint8_t> ca(xs.size()), gsa(static_cast<size_t>(M * Kp / G));
     std::vector<float> ats(static_cast<size_t>(M));
     for (int64_t m = 0; m < M; ++m) {
-      ats[m] = nvfp4TensorScale(xs.data() + m * Kp, Kp);
+      ats[m] = w_.actTensorScale > 0 ? w_.actTensorScale : nvfp4TensorScale(xs.data() + m * Kp, Kp);
       quantizeNvfp4(xs.data() + m * Kp, 1, Kp, ats[m], ca.data() + m * Kp, gsa.data() + m * Kp / G);
     }
     unpackNibbles(w_.qweight.data(), N * Kp, qw.data(), false);  // E2M1 codes are unsigned nibbles
     gemmW4A4Nvfp4(ca.data(), gsa.data(), ats.data(), M, reinterpret_cast<const uint8_t*>(qw.data()),
                   w_.wscales8.data(), w_.wtscale, N, Kp, y);
+    if (!w_.wcscales.empty())
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) y[m * N + n] *= w_.wcscales[n];
   }
   if (!w_.bias.empty())
     for (int64_t m = 0; m < M; ++m)
@@ -127,6 +142,9 @@ void writeW4A4(SafetensorsWriter& out, const std::string& L, const W4A4Weights& 
     auto t = transposed(w.wscales8.data(), N, Kp / G);
     out.add(L + ".wscales", DType::F8_E4M3, {Kp / G, N}, t.data(), t.size());
     out.add(L + ".wtscale", DType::F32, {1}, &w.wtscale, 4);
+    if (!w.wcscales.empty() && bf16Exact(w.wcscales)) addBf16(out, L + ".wcscales", {N}, w.wcscales.data());
+    else if (!w.wcscales.empty()) out.add(L + ".wcscales", DType::F32, {N}, w.wcscales.data(), w.wcscales.size() * 4);
+    if (w.actTensorScale > 0) out.add(L + ".act_tensor_scale", DType::F32, {1}, &w.actTensorScale, 4);
   }
   addBf16(out, L + ".smooth", {w.in}, w.smooth.data());
   if (w.actShift > 0) out.add(L + ".act_shift", DType::F32, {1}, &w.actShift, 4);
@@ -145,41 +163,64 @@ void writeW4A16(SafetensorsWriter& out, const std::string& L, const W4A16Weights
   auto s = transposed(w.wscales.data(), N, G), z = transposed(w.wzeros.data(), N, G);
   addBf16(out, L + ".wscales", {G, N}, s.data());
   addBf16(out, L + ".wzeros", {G, N}, z.data());
-  if (!w.bias.empty()) addBf16(out, L + ".bias", {N}, w.bias.data());
+  // F32 when BF16 would round: Nunchaku's adaLN biases lose their folded "+1" in F32 on conversion.
+  if (!w.bias.empty() && !bf16Exact(w.bias)) out.add(L + ".bias", DType::F32, {N}, w.bias.data(), w.bias.size() * 4);
+  else if (!w.bias.empty()) addBf16(out, L + ".bias", {N}, w.bias.data());
 }
 
-bool hasQuantizedLinear(const SafetensorsFile& file, const std::string& layer) {
-  return file.has(layer + ".qweight");
+void writeQuantizedLinear(SafetensorsWriter& out, const std::string& layer, const Linear& l) {
+  // LoRAs are run-time additions on top of the checkpoint: writing one would bake it in silently.
+  if (!l.loras.empty()) throw Error("layer '" + layer + "': cannot write a layer with LoRAs attached");
+  if (auto* a = dynamic_cast<const W4A4Linear*>(&l)) return writeW4A4(out, layer, a->weights());
+  if (auto* b = dynamic_cast<const W4A16Linear*>(&l)) return writeW4A16(out, layer, b->weights());
+  if (auto* s = dynamic_cast<const SplitLinear*>(&l)) {
+    for (size_t i = 0; i < s->parts().size(); ++i) writeQuantizedLinear(out, partName(layer, s->stack(), i), *s->parts()[i]);
+    return;
+  }
+  throw Error("layer '" + layer + "' (" + l.kind() + ") is not a quantized layer");
 }
 
 namespace {
-struct Reader {
-  const SafetensorsFile& f;
-  const std::string& layer;
-  std::string key(const char* s) const { return layer + "." + s; }
-  [[noreturn]] void fail(const std::string& k, const std::string& why) const {
-    throw Error(f.path() + ": " + k + ": " + why);
-  }
-  const TensorInfo& need(const char* s, const std::vector<int64_t>& shape) const {
-    const std::string k = key(s);
-    if (!f.has(k)) fail(k, "missing (quantized layer '" + layer + "' is incomplete)");
-    const TensorInfo& ti = f.info(k);
-    if (ti.shape != shape) fail(k, "shape " + shapeString(ti.shape) + ", expected " + shapeString(shape));
-    return ti;
-  }
-  std::vector<float> floats(const char* s, const std::vector<int64_t>& shape) const {
-    need(s, shape);
-    Tensor t = f.toF32(key(s));
-    for (float v : t.data)
-      if (!std::isfinite(v)) fail(key(s), "holds a non-finite value");
-    return std::move(t.data);
-  }
-};
+// The stacking of a layer stored as parts, if it is.
+std::optional<SplitLinear::Stack> storedSplit(const SafetensorsFile& f, const std::string& layer) {
+  for (auto s : {SplitLinear::Stack::Outputs, SplitLinear::Stack::Inputs})
+    if (f.has(partName(layer, s, 0) + ".qweight")) return s;
+  return std::nullopt;
+}
+size_t storedParts(const SafetensorsFile& f, const std::string& layer, SplitLinear::Stack s) {
+  size_t n = 0;
+  while (f.has(partName(layer, s, n) + ".qweight")) ++n;
+  return n;
+}
 }  // namespace
 
+bool hasQuantizedLinear(const SafetensorsFile& file, const std::string& layer) {
+  return file.has(layer + ".qweight") || storedSplit(file, layer).has_value();
+}
+
+int64_t quantizedLinearOut(const SafetensorsFile& f, const std::string& layer) {
+  if (f.has(layer + ".qweight")) return f.info(layer + ".qweight").shape.at(0);
+  const auto s = storedSplit(f, layer);
+  if (!s) throw Error(f.path() + ": missing tensor '" + layer + ".qweight'");
+  if (*s == SplitLinear::Stack::Inputs) return quantizedLinearOut(f, partName(layer, *s, 0));
+  int64_t out = 0;
+  for (size_t i = 0, n = storedParts(f, layer, *s); i < n; ++i) out += quantizedLinearOut(f, partName(layer, *s, i));
+  return out;
+}
+
 std::unique_ptr<Linear> loadQuantizedLinear(const SafetensorsFile& f, const std::string& layer) {
-  Reader rd{f, layer};
+  LayerReader rd{f, layer};
   const std::string qk = layer + ".qweight";
+  const auto split = f.has(qk) ? std::optional<SplitLinear::Stack>() : storedSplit(f, layer);
+  if (const auto s = split) {
+    std::vector<std::unique_ptr<Linear>> parts;
+    for (size_t i = 0, n = storedParts(f, layer, *s); i < n; ++i) parts.push_back(loadQuantizedLinear(f, partName(layer, *s, i)));
+    try {
+      return std::make_unique<SplitLinear>(*s, std::move(parts));
+    } catch (const Error& e) {
+      throw Error(f.path() + ": layer '" + layer + "': " + e.what());
+    }
+  }
   if (!f.has(qk)) rd.fail(qk, "missing");
   const TensorInfo& qi = f.info(qk);
   if (qi.dtype != DType::U8 && qi.dtype != DType::I8) rd.fail(qk, std::string("dtype ") + dtypeName(qi.dtype) + ", expected U8");
@@ -222,6 +263,11 @@ std::unique_ptr<Linear> loadQuantizedLinear(const SafetensorsFile& f, const std:
     for (uint8_t b : w.wscales8)
       if ((b & 0x7f) == 0x7f) rd.fail(wk, "holds an E4M3 NaN");
     w.wtscale = rd.floats("wtscale", {1})[0];
+    if (rd.has("wcscales")) w.wcscales = rd.floats("wcscales", {N});
+    if (rd.has("act_tensor_scale")) {
+      w.actTensorScale = rd.floats("act_tensor_scale", {1})[0];
+      if (!(w.actTensorScale > 0)) rd.fail(rd.key("act_tensor_scale"), "must be positive");
+    }
   }
   w.smooth = rd.floats("smooth", {w.in});
   for (float s : w.smooth)

@@ -23,14 +23,19 @@ DenseLinear::DenseLinear(int64_t in, int64_t out, std::vector<float> w, std::opt
 DenseLinear::DenseLinear(int64_t in, int64_t out, std::vector<uint16_t> w, std::optional<Tensor> bias)
     : in_(in), out_(out), bf16_(std::move(w)), bias_(std::move(bias)) {}
 
+DenseLinear::DenseLinear(int64_t in, int64_t out, std::shared_ptr<const SafetensorsFile> file, const uint16_t* w,
+                         std::optional<Tensor> bias)
+    : in_(in), out_(out), file_(std::move(file)), mapped_(w), bias_(std::move(bias)) {}
+
 size_t DenseLinear::weightBytes() const {
-  return f32_.size() * 4 + bf16_.size() * 2 + (bias_ ? bias_->data.size() * 4 : 0);
+  return f32_.size() * 4 + (bf16() ? static_cast<size_t>(in_ * out_) * 2 : 0) + (bias_ ? bias_->data.size() * 4 : 0);
 }
 
 Tensor DenseLinear::weightF32() const {
   Tensor w({out_, in_});
   if (!f32_.empty()) std::copy(f32_.begin(), f32_.end(), w.data.begin());
-  else toF32(DType::BF16, bf16_.data(), w.ptr(), bf16_.size());
+  else toF32(DType::BF16, bf16(), w.ptr(), w.data.size());
+  if (mapped_ && releasePages_) releasePages(mapped_, w.data.size() * 2);
   return w;
 }
 
@@ -44,9 +49,10 @@ void DenseLinear::forward(const float* x, int64_t M, float* y) const {
     std::vector<float> block(static_cast<size_t>(std::min(rows, out_) * in_));
     for (int64_t n0 = 0; n0 < out_; n0 += rows) {
       const int64_t n = std::min(rows, out_ - n0);
-      toF32(DType::BF16, bf16_.data() + n0 * in_, block.data(), static_cast<size_t>(n * in_));
+      toF32(DType::BF16, bf16() + n0 * in_, block.data(), static_cast<size_t>(n * in_));
       cpu::linear(x, M, in_, block.data(), n, b ? b + n0 : nullptr, y + n0, out_);
     }
+    if (mapped_ && releasePages_) releasePages(mapped_, static_cast<size_t>(in_ * out_) * 2);
   }
   applyLoras(*this, x, M, y);
 }

@@ -433,4 +433,11 @@ void SafetensorsWriter::finish() {
   im.finished = true;
 }
 
+void releasePages(const void* p, size_t bytes) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t a = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + bytes) / page * page;
+  if (e > a) madvise(reinterpret_cast<void*>(a), e - a, MADV_DONTNEED);  // advice only: failure is harmless
+}
+
 }  // namespace svdq

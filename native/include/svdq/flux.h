@@ -45,6 +45,10 @@ struct FluxLoadOptions {
   std::optional<std::vector<int>> axesDim;
   size_t memoryLimitBytes = 0;  // 0 = no limit; a forward that would exceed it fails with "out of memory"
   int threads = 0;              // > 0: worker threads for the CPU kernels (process-wide), else all cores
+  // Give each mapped weight's pages back after the layer ran (they stay in the page cache): resident
+  // memory stays about one layer however large the model. Costs page faults on every forward, so
+  // only for one-off passes over models larger than RAM (the quantizer's calibration).
+  bool releaseWeightPages = false;
 };
 
 struct FluxInputs {

@@ -44,6 +44,10 @@ class SafetensorsFile {
 
 // Writes tensors one at a time (memory stays bounded), then finish() writes the file under a
 // temporary name and renames it into place, so a crash never leaves a half-written output.
+// Drops the whole pages inside [p, p + bytes) of a read-only file mapping from the process's
+// resident set (MADV_DONTNEED); the data stays in the page cache and faults back in on next use.
+void releasePages(const void* p, size_t bytes);
+
 class SafetensorsWriter {
  public:
   // Refuses an existing path unless overwrite is true.

@@ -2,6 +2,7 @@
 #include "checkpoint_keys.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <regex>
 
@@ -188,6 +189,13 @@ std::vector<uint16_t> CheckpointKeys::loadBf16(const std::string& bflKey) const 
     offset += n;
   }
   return out;
+}
+
+const uint16_t* CheckpointKeys::mappedBf16(const std::string& bflKey) const {
+  const auto ps = parts(bflKey);
+  if (ps.size() != 1 || ps[0].swapHalves || file_.info(ps[0].key).dtype != DType::BF16) return nullptr;
+  const uint8_t* p = file_.bytes(ps[0].key);
+  return reinterpret_cast<uintptr_t>(p) % alignof(uint16_t) ? nullptr : reinterpret_cast<const uint16_t*>(p);
 }
 
 int64_t CheckpointKeys::countBlocks(const std::string& prefix, const std::string& suffix) const {

@@ -29,6 +29,9 @@ class CheckpointKeys {
   DType dtype(const std::string& bflKey) const;                    // F32 if the parts disagree
   Tensor loadF32(const std::string& bflKey) const;
   std::vector<uint16_t> loadBf16(const std::string& bflKey) const;  // requires dtype() == BF16
+  // The tensor's BF16 values in place in the file's mapping, when it is stored as one BF16 tensor
+  // (no concatenation, no half swap) at a 2-byte aligned address; otherwise nullptr.
+  const uint16_t* mappedBf16(const std::string& bflKey) const;
   // Throws "<file>: missing tensor '<key>' (BFL '<bflKey>')".
   [[noreturn]] void missing(const std::string& bflKey) const;
   // Number of blocks N such that `<prefix>N.<suffix>` exists, in BFL names.

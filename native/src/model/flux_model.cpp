@@ -162,7 +162,12 @@ std::unique_ptr<FluxModel> FluxModel::load(const std::string& path, const FluxLo
           throw Error(path + ": tensor '" + bk + "' has shape " + shapeString(bs) + ", expected " + shapeString({out}));
         bias = keys.loadF32(bk);
       }
-      if (keys.dtype(wk) == DType::BF16)
+      if (const uint16_t* mapped = keys.mappedBf16(wk)) {
+        auto dense = std::make_unique<DenseLinear>(in, out, file, mapped, std::move(bias));
+        dense->releasePagesAfterUse(options.releaseWeightPages);
+        layer = std::move(dense);
+      }
+      else if (keys.dtype(wk) == DType::BF16)
         layer = std::make_unique<DenseLinear>(in, out, keys.loadBf16(wk), std::move(bias));
       else
         layer = std::make_unique<DenseLinear>(in, out, std::move(keys.loadF32(wk).data), std::move(bias));

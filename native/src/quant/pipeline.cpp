@@ -177,7 +177,11 @@ std::string quantizeCheckpoint(const PipelineOptions& opt, const PipelineProgres
   auto file = SafetensorsFile::open(opt.input);
   for (const auto& n : file->names())
     if (endsWith(n, ".qweight")) throw Error(opt.input + ": already quantized ('" + n + "')");
-  auto model = FluxModel::load(opt.input);
+  // Calibration touches every weight once per batch: weights stay in the page cache, not in our
+  // resident set, so a model larger than RAM quantizes.
+  FluxLoadOptions load;
+  load.releaseWeightPages = true;
+  auto model = FluxModel::load(opt.input, load);
   const FluxConfig& cfg = model->config();
   const std::vector<std::string> names = model->linearNames();
 

@@ -1,0 +1,92 @@
+// Quantizing a FLUX.1-dev-shaped model on this machine: wall time and peak RSS of `svdq quantize` on
+// a model of FLUX.1-dev's width (hidden 3072, 24 heads, T5 4096, CLIP 768) with a few blocks, random
+// BF16 weights, extrapolated per block to FLUX.1-dev's 19 double + 38 single blocks (12B).
+//
+//   node --import tsx bench/quantize.ts [--double 1] [--single 2] [--hidden 3072] [--keep DIR]
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { addon } from '../sidecar/engine/addon.ts';
+import type { TensorData } from '../sidecar/engine/types.ts';
+import type { QuantizeReport } from '../sidecar/quant/quantize.ts';
+
+const { values } = parseArgs({
+  options: {
+    double: { type: 'string', default: '1' },
+    single: { type: 'string', default: '2' },
+    hidden: { type: 'string', default: '3072' },
+    keep: { type: 'string' },
+  },
+});
+const D = Number(values.double), S = Number(values.single), h = Number(values.hidden);
+const heads = h / 128, mlp = 4 * h, ctx = 4096, vec = 768, FULL = { double: 19, single: 38 };
+
+/** Random BF16 weights (uniform, variance 1/in) and small biases, from a fixed xorshift stream. */
+function makeModel(): Record<string, TensorData> {
+  let s = 0x9e3779b9;
+  const next = () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return (s >>> 0) / 2 ** 32 - 0.5;
+  };
+  const f32 = new Float32Array(1), u32 = new Uint32Array(f32.buffer);
+  const bf16 = (shape: number[], scale: number): TensorData => {
+    const n = shape.reduce((a, b) => a * b, 1), out = new Uint16Array(n);
+    for (let i = 0; i < n; i++) {
+      f32[0] = next() * scale;
+      out[i] = u32[0]! >>> 16;
+    }
+    return { dtype: 'BF16', shape, data: new Uint8Array(out.buffer) };
+  };
+  const t: Record<string, TensorData> = {};
+  const linear = (name: string, inF: number, outF: number) => {
+    t[`${name}.weight`] = bf16([outF, inF], Math.sqrt(12 / inF));
+    t[`${name}.bias`] = bf16([outF], 0.04);
+  };
+  const norm = (k: string) => (t[k] = bf16([128], 0.2));
+  for (const p of ['time_in', 'guidance_in']) (linear(`${p}.in_layer`, 256, h), linear(`${p}.out_layer`, h, h));
+  linear('vector_in.in_layer', vec, h), linear('vector_in.out_layer', h, h);
+  linear('img_in', 64, h), linear('txt_in', ctx, h);
+  for (let i = 0; i < D; i++)
+    for (const s of ['img', 'txt']) {
+      const p = `double_blocks.${i}.${s}`;
+      linear(`${p}_mod.lin`, h, 6 * h), linear(`${p}_attn.qkv`, h, 3 * h), linear(`${p}_attn.proj`, h, h);
+      linear(`${p}_mlp.0`, h, mlp), linear(`${p}_mlp.2`, mlp, h);
+      norm(`${p}_attn.norm.query_norm.scale`), norm(`${p}_attn.norm.key_norm.scale`);
+    }
+  for (let i = 0; i < S; i++) {
+    const p = `single_blocks.${i}`;
+    linear(`${p}.modulation.lin`, h, 3 * h), linear(`${p}.linear1`, h, 3 * h + mlp), linear(`${p}.linear2`, h + mlp, h);
+    norm(`${p}.norm.query_norm.scale`), norm(`${p}.norm.key_norm.scale`);
+  }
+  linear('final_layer.adaLN_modulation.1', h, 2 * h), linear('final_layer.linear', h, 64);
+  return t;
+}
+
+const dir = values.keep ?? mkdtempSync(join(tmpdir(), 'svdq-bench-quantize-'));
+const input = join(dir, 'flux-shaped.safetensors'), output = join(dir, 'flux-shaped-int4.safetensors');
+try {
+  let t0 = performance.now();
+  addon().writeSafetensors(input, makeModel(), { note: 'bench/quantize.ts: random FLUX.1-dev-width weights' }, true);
+  const gib = statSync(input).size / 2 ** 30;
+  console.log(`model: hidden ${h}, ${heads} heads, ${D} double + ${S} single blocks, ${gib.toFixed(2)} GiB BF16 (written in ${((performance.now() - t0) / 1000).toFixed(0)} s)`);
+  t0 = performance.now();
+  // A child process, so its peak RSS is the quantizer's alone (not this generator's).
+  const r = spawnSync(process.execPath, [join(import.meta.dirname, '..', 'bin', 'svdq.mjs'), 'quantize', input, '-o', output, '--force', '--json'],
+    { encoding: 'utf8', maxBuffer: 1 << 26, stdio: ['ignore', 'pipe', 'inherit'] });
+  if (r.status !== 0) throw new Error(`svdq quantize failed (${r.status})`);
+  const rep = JSON.parse(r.stdout) as QuantizeReport;
+  const sum = (re: RegExp) => rep.svdq.layers.filter((l) => re.test(l.name)).reduce((a, l) => a + l.seconds, 0);
+  const perDouble = sum(/^double_blocks\./) / D, perSingle = S ? sum(/^single_blocks\./) / S : 0;
+  const rest = rep.seconds - rep.calibSeconds - sum(/^(double|single)_blocks\./);
+  // Calibration runs the whole 16-bit model: it scales with the block count like the weights do.
+  const weight = (d: number, s: number) => d * 36 + s * 15;  // block weights in units of hidden^2
+  const full = rep.calibSeconds * (weight(FULL.double, FULL.single) / weight(D, S)) + FULL.double * perDouble + FULL.single * perSingle + rest;
+  console.log(`quantize: ${rep.seconds.toFixed(0)} s (calibration ${rep.calibSeconds.toFixed(0)} s; ${perDouble.toFixed(0)} s per double block, ${perSingle.toFixed(0)} s per single block), peak RSS ${(rep.peakRssBytes / 2 ** 30).toFixed(2)} GiB`);
+  console.log(`wall ${((performance.now() - t0) / 1000).toFixed(0)} s; extrapolated to ${FULL.double} double + ${FULL.single} single blocks (12B): ${(full / 60).toFixed(0)} min (goal 30 min)`);
+} finally {
+  if (!values.keep) rmSync(dir, { recursive: true, force: true });
+}

@@ -222,6 +222,7 @@ Napi::Value QuantizeLayer(const Napi::CallbackInfo& info) {
       opt.rank = static_cast<int>(dbl(o, "rank", 32));
       opt.refineIters = static_cast<int>(dbl(o, "refine", 8));
       opt.gridStep = dbl(o, "gridStep", 0.05);
+      opt.exhaustiveGrid = o.Has("exhaustiveGrid") && o.Get("exhaustiveGrid").ToBoolean();
       opt.tryUnsignedShift = o.Has("unsignedShift") && o.Get("unsignedShift").ToBoolean();
       opt.gptq = gptq;
       LayerQuantResult r = quantizeW4A4Layer("layer", W, bias, cal, opt);
@@ -314,6 +315,7 @@ Napi::Value QuantizeCheckpoint(const Napi::CallbackInfo& info) {
     p.layer.rank = static_cast<int>(dbl(o, "rank", 32));
     p.layer.refineIters = static_cast<int>(dbl(o, "refine", 8));
     p.layer.gridStep = dbl(o, "gridStep", 0.05);
+    p.layer.exhaustiveGrid = o.Has("exhaustiveGrid") && o.Get("exhaustiveGrid").ToBoolean();
     p.layer.gptq = o.Has("gptq") && o.Get("gptq").ToBoolean();
     p.adaln16 = str(o, "adaln", "w4a16") == "16bit";
     p.calibRows = static_cast<int>(dbl(o, "calibRows", 256));

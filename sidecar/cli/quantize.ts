@@ -7,7 +7,7 @@ import { progressBar } from './progress.ts';
 
 export const USAGE = `svdq quantize IN.safetensors -o OUT.safetensors [--precision int4|nvfp4] [--rank N]
              [--calib FILE] [--method svdquant|smoothquant|lowrank|naive|w4a16] [--lowrank svd|corda|whiten]
-             [--refine N] [--gptq] [--grid-step S] [--adaln w4a16|16bit] [--calib-rows N] [--device cpu|cuda]
+             [--refine N] [--gptq] [--grid-step S] [--exhaustive-grid] [--adaln w4a16|16bit] [--calib-rows N] [--device cpu|cuda]
              [--force] [--json]
 
 Without --calib, calibrates on random inputs of the model's shapes (recorded in the metadata).
@@ -28,6 +28,7 @@ export function parseQuantizeArgs(argv: string[]): { opts: QuantizeOptions & Qua
       refine: { type: 'string' },
       gptq: { type: 'boolean' },
       'grid-step': { type: 'string' },
+      'exhaustive-grid': { type: 'boolean' },
       adaln: { type: 'string' },
       'calib-rows': { type: 'string' },
       device: { type: 'string' },
@@ -60,6 +61,7 @@ export function parseQuantizeArgs(argv: string[]): { opts: QuantizeOptions & Qua
     force: values.force ?? false,
     refine: int('refine', values.refine),
     gridStep: values['grid-step'] === undefined ? undefined : Number(values['grid-step']),
+    exhaustiveGrid: values['exhaustive-grid'],
     adaln: values.adaln as QuantizeExtras['adaln'],
     calibRows: int('calib-rows', values['calib-rows']),
   };

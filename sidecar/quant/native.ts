@@ -44,6 +44,7 @@ export interface QuantizeLayerArgs {
   rank?: number;
   refine?: number;
   gridStep?: number;
+  exhaustiveGrid?: boolean;
   unsignedShift?: boolean;
   gptq?: boolean;
 }
@@ -52,6 +53,7 @@ export interface QuantizeLayerArgs {
 export interface NativeQuantizeOptions extends QuantizeOptions {
   refine?: number;
   gridStep?: number;
+  exhaustiveGrid?: boolean;
   adaln?: 'w4a16' | '16bit';
   calibRows?: number;
   randomCalibSets?: number;

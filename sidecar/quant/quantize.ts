@@ -48,6 +48,8 @@ export interface QuantizeReport {
 export interface QuantizeExtras {
   refine?: number;
   gridStep?: number;
+  /** Every smoothing grid point instead of coarse (every 4th) then fine around the best. */
+  exhaustiveGrid?: boolean;
   adaln?: 'w4a16' | '16bit';
   calibRows?: number;
   randomCalibSets?: number;

@@ -51,6 +51,19 @@ test('on outlier activations SVDQuant beats SmoothQuant and naive W4A4; refineme
   t.true(w4a16 < naive, 'weight-only is easier than W4A4');
 });
 
+test('coarse-to-fine smoothing search: a fine-grid point, within a few percent of the exhaustive search', (t) => {
+  const run = (exhaustiveGrid: boolean) =>
+    q.quantizeLayer({ W: layer.W, N, K, bias, sample: layer.X, S, rank: 16, refine: 0, gridStep: 0.05, exhaustiveGrid });
+  const fast = run(false), full = run(true);
+  t.log({ fast: [fast.smoothing, fast.sampleRelError], full: [full.smoothing, full.sampleRelError] });
+  t.true(Number.isFinite(fast.sampleRelError));
+  t.true(full.sampleRelError <= fast.sampleRelError * (1 + 1e-9), 'the exhaustive search sees every candidate');
+  t.true(fast.sampleRelError <= 1.03 * full.sampleRelError, 'the coarse-to-fine search loses at most 3%');
+  const a = /a=([0-9.]+)/.exec(fast.smoothing);
+  t.truthy(a, `smoothing ${fast.smoothing}`);
+  t.true(Math.abs(Number(a![1]) / 0.05 - Math.round(Number(a![1]) / 0.05)) < 1e-6, 'a lies on the 0.05 grid');
+});
+
 test('NVFP4 layer: finite, close to the 16-bit output on held-out rows', (t) => {
   const M = 16;
   const x = outlierLayer(N, K, M, 123).X;

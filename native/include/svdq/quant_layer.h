@@ -29,6 +29,7 @@ struct LayerQuantOptions {
   int rank = 32;
   int refineIters = 8;        // 0: the plain top-r SVD of the smoothed weight
   double gridStep = 0.05;     // smoothing exponents a = step .. 1 - step
+  bool exhaustiveGrid = false;  // every grid point, not coarse (4 steps) then fine around the best
   bool tryUnsignedShift = false;  // input is a GELU output: also try shifted unsigned activations
   float damp = 0.01f;         // covariance damping (times its mean diagonal) for corda / whiten and GPTQ
   bool gptq = false;          // quantize the chosen candidate's residual with GPTQ instead of rounding to nearest

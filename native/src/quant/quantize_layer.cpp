@@ -17,6 +17,8 @@ namespace {
 
 int64_t groupOf(QuantPrecision p) { return p == QuantPrecision::Int4 ? kInt4Group : kFp4Group; }
 
+constexpr int kCoarse = 4;  // coarse smoothing grid: every 4th fine step
+
 // Quantize-dequantize a [N, Kp] weight the way the stored residual is (for refinement and scoring).
 std::vector<float> fakeQuantWeight(const std::vector<float>& R, int64_t N, int64_t Kp, QuantPrecision p) {
   std::vector<float> out(R.size());
@@ -311,28 +313,38 @@ LayerQuantResult quantizeW4A4Layer(const std::string& name, const Tensor& W, con
     return build(P, lam, What, &A, &B, r, 0.f);
   };
 
-  std::vector<std::pair<double, double>> grid;  // (a, b); a < 0 marks "no smoothing"
-  grid.push_back({-1, 0});
-  if (opt.method == QuantMethod::SVDQuant || opt.method == QuantMethod::SmoothQuant) {
-    const double step = opt.gridStep > 0 ? opt.gridStep : 0.05;
-    for (double a = step; a < 1.0 - 1e-9; a += step) {
-      grid.push_back({a, 0});
-      grid.push_back({a, 1 - a});
-    }
-  }
   LayerQuantResult res;
   Candidate best;
   std::vector<float> bestLam;
   std::string bestName;
-  for (size_t i = 0; i < grid.size(); ++i) {
-    auto [a, b] = grid[i];
+  double bestA = -1, bestB = 0;
+  auto tryCandidate = [&](double a, double b) {  // a < 0: no smoothing
     std::vector<float> lam = a < 0 ? std::vector<float>(static_cast<size_t>(K), 1.f) : smoothingFactors(cal, W, a, b);
     Candidate c = candidateFor(lam);
-    if (i == 0) res.naiveRelError = c.err;
+    if (a < 0) res.naiveRelError = c.err;
     if (c.err < best.err) {
       best = std::move(c);
-      bestLam = lam;
+      bestLam = std::move(lam);
       bestName = a < 0 ? "none" : "a=" + fmt(a) + ",b=" + fmt(b);
+      bestA = a, bestB = b;
+    }
+  };
+  tryCandidate(-1, 0);
+  if (opt.method == QuantMethod::SVDQuant || opt.method == QuantMethod::SmoothQuant) {
+    // Smoothing exponents a on a grid of `step` in both families (a, 0) and (a, 1 - a). Coarse to fine:
+    // every `kCoarse`-th point first (fewer on short grids), then the fine points around the best one
+    // (the error is smooth in a): 15 candidates instead of 39 at step 0.05, each an SVD plus a
+    // quantized forward.
+    const double step = opt.gridStep > 0 ? opt.gridStep : 0.05;
+    const int n = static_cast<int>(std::floor((1.0 - 1e-9) / step));  // a = step .. n * step
+    const int stride = opt.exhaustiveGrid ? 1 : std::clamp(n / 3, 1, kCoarse);  // at least 3 coarse points
+    for (int i = stride; i <= n; i += stride)
+      for (bool sum1 : {false, true}) tryCandidate(i * step, sum1 ? 1 - i * step : 0);
+    if (stride > 1 && bestA > 0) {
+      const int c = static_cast<int>(std::lround(bestA / step));
+      const bool sum1 = bestB > 0;
+      for (int i = std::max(1, c - stride + 1); i <= std::min(n, c + stride - 1); ++i)
+        if (i != c) tryCandidate(i * step, sum1 ? 1 - i * step : 0);
     }
   }
   if (!std::isfinite(best.err)) throw Error(name + ": every quantization candidate produced non-finite outputs");

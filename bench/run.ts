@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 const benches: Array<{ file: string; args: string[]; gpu?: boolean }> = [
   { file: 'channel.ts', args: ['--iters', '10'] },
   { file: 'lora.ts', args: ['--repeat', '3'] },
+  { file: 'quantize.ts', args: ['--double', '1', '--single', '1'] },  // ~20 min on 2 cores
   { file: 'gemm.ts', args: [], gpu: true },
 ];
 

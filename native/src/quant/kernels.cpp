@@ -88,27 +88,44 @@ int8_t int4Code(float v, float s, bool isUnsigned) {
   return static_cast<int8_t>(std::clamp(std::nearbyint(v / s), isUnsigned ? 0.f : -8.f, isUnsigned ? 15.f : 7.f));
 }
 
+// Splits [0, n) over the hardware threads (the machine this runs on has few cores; the split is coarse).
+template <class F>
+static void parallelFor(int64_t n, F f) {
+  unsigned T = std::max(1u, std::min(std::thread::hardware_concurrency(), 16u));
+  if (n < 64 || T == 1) return f(0, n);
+  std::vector<std::thread> ts;
+  int64_t chunk = (n + T - 1) / T;
+  for (unsigned t = 0; t < T; ++t) {
+    int64_t a = t * chunk, b = std::min(n, a + chunk);
+    if (a < b) ts.emplace_back([=] { f(a, b); });
+  }
+  for (auto& t : ts) t.join();
+}
+
 void quantizeInt4(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scales, bool isUnsigned) {
   requireGroups(cols, kInt4Group, "quantizeInt4");
   const int64_t G = cols / kInt4Group;
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t g = 0; g < G; ++g) {
-      const float* v = x + r * cols + g * kInt4Group;
-      int8_t* o = q + r * cols + g * kInt4Group;
-      float amax = 0.f;
-      for (int j = 0; j < kInt4Group; ++j) amax = std::max(amax, isUnsigned ? v[j] : std::fabs(v[j]));
-      const float s = int4Scale(amax, isUnsigned);
-      scales[r * G + g] = s;
-      for (int j = 0; j < kInt4Group; ++j) o[j] = int4Code(v[j], s, isUnsigned);
-    }
-  }
+  parallelFor(rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t g = 0; g < G; ++g) {
+        const float* v = x + r * cols + g * kInt4Group;
+        int8_t* o = q + r * cols + g * kInt4Group;
+        float amax = 0.f;
+        for (int j = 0; j < kInt4Group; ++j) amax = std::max(amax, isUnsigned ? v[j] : std::fabs(v[j]));
+        const float s = int4Scale(amax, isUnsigned);
+        scales[r * G + g] = s;
+        for (int j = 0; j < kInt4Group; ++j) o[j] = int4Code(v[j], s, isUnsigned);
+      }
+  });
 }
 
 void dequantizeInt4(const int8_t* q, const float* scales, int64_t rows, int64_t cols, float* out) {
   requireGroups(cols, kInt4Group, "dequantizeInt4");
   const int64_t G = cols / kInt4Group;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < cols; ++k) out[r * cols + k] = q[r * cols + k] * scales[r * G + k / kInt4Group];
+  parallelFor(rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t k = 0; k < cols; ++k) out[r * cols + k] = q[r * cols + k] * scales[r * G + k / kInt4Group];
+  });
 }
 
 float nvfp4TensorScale(const float* x, int64_t n) {
@@ -162,19 +179,6 @@ void unpackNibbles(const uint8_t* in, int64_t n, int8_t* q, bool isSigned) {
   }
 }
 
-// Splits [0, n) over the hardware threads (the machine this runs on has few cores; the split is coarse).
-template <class F>
-static void parallelFor(int64_t n, F f) {
-  unsigned T = std::max(1u, std::min(std::thread::hardware_concurrency(), 16u));
-  if (n < 64 || T == 1) return f(0, n);
-  std::vector<std::thread> ts;
-  int64_t chunk = (n + T - 1) / T;
-  for (unsigned t = 0; t < T; ++t) {
-    int64_t a = t * chunk, b = std::min(n, a + chunk);
-    if (a < b) ts.emplace_back([=] { f(a, b); });
-  }
-  for (auto& t : ts) t.join();
-}
 
 void gemmW4A4Int4(const int8_t* qa, const float* as, int64_t M, const int8_t* qw, const float* ws, int64_t N,
                   int64_t K, float* y) {

@@ -144,10 +144,11 @@ Napi::Value Engine::forward(const Napi::CallbackInfo& info) {
   Napi::Array keys = o.GetPropertyNames();
   for (uint32_t i = 0; i < keys.Length(); i++) {
     std::string k = keys.Get(i).ToString();
-    if (std::none_of(std::begin(kInputNames), std::end(kInputNames), [&](const char* n) { return k == n; }))
-      throw Napi::TypeError::New(env, "forward: unknown input '" + k +
-                                          "' (expected x, timestep, context, y, guidance, attention_mask, ref_latents, "
-                                          "ref_latents_method)");
+    if (std::none_of(std::begin(kInputNames), std::end(kInputNames), [&](const char* n) { return k == n; })) {
+      std::string known;
+      for (const char* n : kInputNames) known += (known.empty() ? "" : ", ") + std::string(n);
+      throw Napi::TypeError::New(env, "forward: unknown input '" + k + "' (expected " + known + ")");
+    }
   }
   FluxInputs in;
   in.x = floatInput(env, o, "x");

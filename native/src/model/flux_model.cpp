@@ -295,6 +295,9 @@ std::vector<float> imageIds(int64_t h, int64_t w, int64_t patch, float index, in
 
 namespace {
 
+// Tokens of an h x w latent: whole patches after padding.
+int64_t patchTokens(int64_t h, int64_t w, int64_t P) { return ((h + P - 1) / P) * ((w + P - 1) / P); }
+
 // Tokens of batch item b of a latent [B, C, H, W] (item 0 when B is 1), circularly padded to whole
 // patches as ComfyUI's pad_to_patch_size does: token (r, q), channel (c, ph, pw).
 void patchify(const Tensor& t, int64_t b, int64_t P, float* out) {
@@ -365,7 +368,7 @@ Tensor FluxModel::forward(const FluxInputs& in, const ForwardHooks* hooks) const
     if (s.size() != 4 || (s[0] != 1 && s[0] != B) || s[1] != c.inChannels || s[2] < 1 || s[3] < 1)
       throw Error("input 'ref_latents[" + std::to_string(i) + "]': expected shape [" + std::to_string(B) + " or 1, " +
                   std::to_string(c.inChannels) + ", h, w], got " + shapeString(s));
-    Ls += ((s[2] + P - 1) / P) * ((s[3] + P - 1) / P);
+    Ls += patchTokens(s[2], s[3], P);
   }
   // ComfyUI's FLUX.1 model treats every method other than index and uxo as offset.
   static const char* kMethods[] = {"offset", "index", "uxo", "index_timestep_zero"};
@@ -411,7 +414,7 @@ Tensor FluxModel::forward(const FluxInputs& in, const ForwardHooks* hooks) const
     dst += Li * tokDim;
     for (const Tensor& r : in.refLatents) {
       patchify(r, b, P, dst);
-      dst += ((r.shape[2] + P - 1) / P) * ((r.shape[3] + P - 1) / P) * tokDim;
+      dst += patchTokens(r.shape[2], r.shape[3], P) * tokDim;
     }
   }
 

@@ -174,6 +174,16 @@ double score(const Problem& P, const W4A4Weights& w, const std::vector<float>& d
   return std::sqrt(e) / std::max(P.refNorm, 1e-30);
 }
 
+// The stored low-rank factors back in smoothed space: A = lora_up, B = lora_down * λ (empty when r = 0).
+void storedFactors(const W4A4Weights& w, const std::vector<float>& lambda, std::vector<float>& A,
+                   std::vector<float>& B) {
+  const int64_t r = w.rank(), K = w.in;
+  A = w.loraUp.data;
+  B.resize(static_cast<size_t>(r * K));
+  for (int64_t j = 0; j < r; ++j)
+    for (int64_t k = 0; k < K; ++k) B[j * K + k] = w.loraDown.data[j * K + k] * lambda[k];
+}
+
 // Builds the stored layer for smoothing lambda, low-rank factors (A, B in smoothed space) and shift; the
 // residual is rounded to nearest, or GPTQ-quantized when gptqU (the inverse-Hessian factor) is given.
 Candidate build(const Problem& P, const std::vector<float>& lambda, const std::vector<float>& What,
@@ -195,11 +205,10 @@ Candidate build(const Problem& P, const std::vector<float>& lambda, const std::v
     for (int64_t i = 0; i < N * r; ++i) w.loraUp.data[i] = roundBf16((*A)[i]);
     for (int64_t j = 0; j < r; ++j)
       for (int64_t k = 0; k < K; ++k) w.loraDown.data[j * K + k] = roundBf16((*B)[j * K + k] / lambda[k]);
-    std::vector<float> Bs(static_cast<size_t>(r * K));
-    for (int64_t j = 0; j < r; ++j)
-      for (int64_t k = 0; k < K; ++k) Bs[j * K + k] = w.loraDown.data[j * K + k] * lambda[k];
+    std::vector<float> As, Bs;
+    storedFactors(w, lambda, As, Bs);
     c.Leff.assign(static_cast<size_t>(N * K), 0.f);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, r, 1.f, w.loraUp.ptr(), r, Bs.data(), K, 0.f,
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, r, 1.f, As.data(), r, Bs.data(), K, 0.f,
                 c.Leff.data(), K);
     for (int64_t n = 0; n < N; ++n)
       for (int64_t k = 0; k < K; ++k) R[n * Kp + k] -= c.Leff[n * K + k];
@@ -257,16 +266,6 @@ std::vector<float> smoothingFactors(const LayerCalib& cal, const std::vector<flo
     lam[k] = roundBf16(static_cast<float>(std::clamp(l, 1e-4, 1e4)));  // the kernel divides by the BF16 value
   }
   return lam;
-}
-
-// The stored low-rank factors back in smoothed space: A = lora_up, B = lora_down * λ (empty when r = 0).
-void storedFactors(const W4A4Weights& w, const std::vector<float>& lambda, std::vector<float>& A,
-                   std::vector<float>& B) {
-  const int64_t r = w.rank(), K = w.in;
-  A = w.loraUp.data;
-  B.resize(static_cast<size_t>(r * K));
-  for (int64_t j = 0; j < r; ++j)
-    for (int64_t k = 0; k < K; ++k) B[j * K + k] = w.loraDown.data[j * K + k] * lambda[k];
 }
 
 std::string fmt(double v) {

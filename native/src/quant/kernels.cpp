@@ -8,8 +8,8 @@
 #include <cstring>
 #include <random>
 #include <string>
-#include <thread>
 
+#include "svdq/parallel.h"
 #include "svdq/quant_kernels.h"
 #include "svdq/tensor.h"
 
@@ -83,25 +83,6 @@ static void requireGroups(int64_t cols, int g, const char* what) {
 
 float int4Scale(float amax, bool isUnsigned) { return roundBf16(amax / (isUnsigned ? 15.f : 7.f)); }
 
-int8_t int4Code(float v, float s, bool isUnsigned) {
-  if (!(s > 0.f)) return 0;  // all-zero group (or NaN amax: zeros; callers check finiteness)
-  return static_cast<int8_t>(std::clamp(std::nearbyint(v / s), isUnsigned ? 0.f : -8.f, isUnsigned ? 15.f : 7.f));
-}
-
-// Splits [0, n) over the hardware threads (the machine this runs on has few cores; the split is coarse).
-template <class F>
-static void parallelFor(int64_t n, F f) {
-  unsigned T = std::max(1u, std::min(std::thread::hardware_concurrency(), 16u));
-  if (n < 64 || T == 1) return f(0, n);
-  std::vector<std::thread> ts;
-  int64_t chunk = (n + T - 1) / T;
-  for (unsigned t = 0; t < T; ++t) {
-    int64_t a = t * chunk, b = std::min(n, a + chunk);
-    if (a < b) ts.emplace_back([=] { f(a, b); });
-  }
-  for (auto& t : ts) t.join();
-}
-
 void quantizeInt4(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scales, bool isUnsigned) {
   requireGroups(cols, kInt4Group, "quantizeInt4");
   const int64_t G = cols / kInt4Group;
@@ -167,8 +148,9 @@ void dequantizeNvfp4(const uint8_t* codes, const uint8_t* gscales, float ts, int
 
 void packNibbles(const int8_t* q, int64_t n, uint8_t* out) {
   if (n % 2) throw Error("packNibbles: odd element count " + std::to_string(n));
-  for (int64_t i = 0; i < n / 2; ++i)
-    out[i] = static_cast<uint8_t>((q[2 * i] & 0xf) | ((q[2 * i + 1] & 0xf) << 4));
+  parallelFor(n / 2, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) out[i] = static_cast<uint8_t>((q[2 * i] & 0xf) | ((q[2 * i + 1] & 0xf) << 4));
+  });
 }
 
 void unpackNibbles(const uint8_t* in, int64_t n, int8_t* q, bool isSigned) {
@@ -259,7 +241,8 @@ static void orthonormalize(std::vector<float>& Y, int64_t m, int64_t l) {
     throw Error("svd: QR factorisation failed");
 }
 
-Svd svdRandomized(const float* A, int64_t m, int64_t n, int64_t r, int powerIters, int oversample, uint64_t seed) {
+Svd svdRandomized(const float* A, int64_t m, int64_t n, int64_t r, int powerIters, int oversample, uint64_t seed,
+                  const float* start, int64_t startRows) {
   const int64_t k = std::min(m, n);
   if (r < 1 || r > k) throw Error("svd: rank " + std::to_string(r) + " out of range for a [" + std::to_string(m) + ", " +
                                   std::to_string(n) + "] matrix");
@@ -269,6 +252,10 @@ Svd svdRandomized(const float* A, int64_t m, int64_t n, int64_t r, int powerIter
   std::normal_distribution<float> nd;
   std::vector<float> omega(n * l), Y(m * l), Z(n * l);
   for (auto& v : omega) v = nd(rng);
+  // Warm start: the given rows (e.g. the previous factors' right singular vectors) replace the first
+  // random directions, so the range finder starts from the subspace it had already found.
+  for (int64_t j = 0; j < std::min(startRows, l); ++j)
+    for (int64_t i = 0; i < n; ++i) omega[i * l + j] = start[j * n + i];
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, l, n, 1.f, A, n, omega.data(), l, 0.f, Y.data(), l);
   orthonormalize(Y, m, l);
   for (int it = 0; it < powerIters; ++it) {
@@ -290,10 +277,10 @@ Svd svdRandomized(const float* A, int64_t m, int64_t n, int64_t r, int powerIter
   return out;
 }
 
-Svd svdTopR(const float* A, int64_t m, int64_t n, int64_t r) {
+Svd svdTopR(const float* A, int64_t m, int64_t n, int64_t r, int powerIters, const float* start, int64_t startRows) {
   // Full gesdd costs O(m n min(m,n)); the randomized one O(m n (r + p) (2q + 2)): switch once it pays.
   if (std::min(m, n) <= 768) return svdExact(A, m, n, r);
-  return svdRandomized(A, m, n, r);
+  return svdRandomized(A, m, n, r, powerIters, 8, 1234, start, startRows);
 }
 
 }  // namespace svdq::quant

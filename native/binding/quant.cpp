@@ -179,7 +179,7 @@ double dbl(Napi::Object o, const char* k, double def) {
   return o.Has(k) && o.Get(k).IsNumber() ? o.Get(k).As<Napi::Number>().DoubleValue() : def;
 }
 
-// quantizeLayer({W, N, K, bias?, sample, S, x?, M?, precision, method, lowrank, rank, refine, gridStep, unsignedShift, gptq})
+// quantizeLayer({W, N, K, bias?, sample, S, x?, M?, precision, method, lowrank, rank, refine, refineTol, gridStep, unsignedShift, gptq})
 // -> {relError, naiveRelError, smoothing, refineSteps, gptq, rtnRelError, kind, parts..., y? (forward of x)}
 Napi::Value QuantizeLayer(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
@@ -221,6 +221,7 @@ Napi::Value QuantizeLayer(const Napi::CallbackInfo& info) {
       opt.lowrank = lowrankArg(str(o, "lowrank", "svd"));
       opt.rank = static_cast<int>(dbl(o, "rank", 32));
       opt.refineIters = static_cast<int>(dbl(o, "refine", 8));
+      opt.refineTol = dbl(o, "refineTol", opt.refineTol);
       opt.gridStep = dbl(o, "gridStep", 0.05);
       opt.exhaustiveGrid = o.Has("exhaustiveGrid") && o.Get("exhaustiveGrid").ToBoolean();
       opt.tryUnsignedShift = o.Has("unsignedShift") && o.Get("unsignedShift").ToBoolean();
@@ -314,6 +315,7 @@ Napi::Value QuantizeCheckpoint(const Napi::CallbackInfo& info) {
     p.layer.lowrank = lowrankArg(str(o, "lowrank", "svd"));
     p.layer.rank = static_cast<int>(dbl(o, "rank", 32));
     p.layer.refineIters = static_cast<int>(dbl(o, "refine", 8));
+    p.layer.refineTol = dbl(o, "refineTol", p.layer.refineTol);
     p.layer.gridStep = dbl(o, "gridStep", 0.05);
     p.layer.exhaustiveGrid = o.Has("exhaustiveGrid") && o.Get("exhaustiveGrid").ToBoolean();
     p.layer.gptq = o.Has("gptq") && o.Get("gptq").ToBoolean();

@@ -7,7 +7,7 @@ import { progressBar } from './progress.ts';
 
 export const USAGE = `svdq quantize IN.safetensors -o OUT.safetensors [--precision int4|nvfp4] [--rank N]
              [--calib FILE] [--method svdquant|smoothquant|lowrank|naive|w4a16] [--lowrank svd|corda|whiten]
-             [--refine N] [--gptq] [--grid-step S] [--exhaustive-grid] [--adaln w4a16|16bit] [--calib-rows N] [--device cpu|cuda]
+             [--refine N] [--refine-tol F] [--gptq] [--grid-step S] [--exhaustive-grid] [--adaln w4a16|16bit] [--calib-rows N] [--device cpu|cuda]
              [--force] [--json]
 
 Without --calib, calibrates on random inputs of the model's shapes (recorded in the metadata).
@@ -26,6 +26,7 @@ export function parseQuantizeArgs(argv: string[]): { opts: QuantizeOptions & Qua
       method: { type: 'string' },
       lowrank: { type: 'string' },
       refine: { type: 'string' },
+      'refine-tol': { type: 'string' },
       gptq: { type: 'boolean' },
       'grid-step': { type: 'string' },
       'exhaustive-grid': { type: 'boolean' },
@@ -60,6 +61,7 @@ export function parseQuantizeArgs(argv: string[]): { opts: QuantizeOptions & Qua
     gptq: values.gptq,
     force: values.force ?? false,
     refine: int('refine', values.refine),
+    refineTol: values['refine-tol'] === undefined ? undefined : Number(values['refine-tol']),
     gridStep: values['grid-step'] === undefined ? undefined : Number(values['grid-step']),
     exhaustiveGrid: values['exhaustive-grid'],
     adaln: values.adaln as QuantizeExtras['adaln'],

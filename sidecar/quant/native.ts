@@ -43,6 +43,7 @@ export interface QuantizeLayerArgs {
   lowrank?: 'svd' | 'corda' | 'whiten';
   rank?: number;
   refine?: number;
+  refineTol?: number;
   gridStep?: number;
   exhaustiveGrid?: boolean;
   unsignedShift?: boolean;
@@ -52,6 +53,7 @@ export interface QuantizeLayerArgs {
 /** Options of the native checkpoint quantizer (superset of QuantizeOptions in engine/types.ts). */
 export interface NativeQuantizeOptions extends QuantizeOptions {
   refine?: number;
+  refineTol?: number;
   gridStep?: number;
   exhaustiveGrid?: boolean;
   adaln?: 'w4a16' | '16bit';

@@ -47,6 +47,8 @@ export interface QuantizeReport {
 /** Options beyond the shared QuantizeOptions, for ablations and tests. */
 export interface QuantizeExtras {
   refine?: number;
+  /** Refinement stops once a step lowers the layer error by less than this fraction (default 1e-3; 0: only when it rises). */
+  refineTol?: number;
   gridStep?: number;
   /** Every smoothing grid point instead of coarse (every 4th) then fine around the best. */
   exhaustiveGrid?: boolean;
@@ -71,6 +73,8 @@ function check(opts: QuantizeOptions & QuantizeExtras): void {
     throw new Error(`quantize: rank must be a positive integer, got ${opts.rank}`);
   if (opts.refine !== undefined && (!Number.isInteger(opts.refine) || opts.refine < 0))
     throw new Error(`quantize: refine must be a non-negative integer, got ${opts.refine}`);
+  if (opts.refineTol !== undefined && !(opts.refineTol >= 0 && opts.refineTol < 1))
+    throw new Error(`quantize: refine tolerance must be in [0, 1), got ${opts.refineTol}`);
   if (opts.gridStep !== undefined && !(opts.gridStep > 0 && opts.gridStep < 0.5))
     throw new Error(`quantize: grid step must be in (0, 0.5), got ${opts.gridStep}`);
 }

@@ -28,6 +28,7 @@ struct LayerQuantOptions {
   LowRankMode lowrank = LowRankMode::Svd;
   int rank = 32;
   int refineIters = 8;        // 0: the plain top-r SVD of the smoothed weight
+  double refineTol = 1e-3;    // stop refining once a step lowers the layer error by less than this fraction
   double gridStep = 0.05;     // smoothing exponents a = step .. 1 - step
   bool exhaustiveGrid = false;  // every grid point, not coarse (4 steps) then fine around the best
   bool tryUnsignedShift = false;  // input is a GELU output: also try shifted unsigned activations

@@ -331,7 +331,7 @@ std::string quantizeCheckpoint(const PipelineOptions& opt, const PipelineProgres
   for (size_t i = 0; i < padded.size(); ++i) paddedJson += (i ? "," : "") + jsonStr(padded[i]);
   sv << "{\"tool\":\"svdquant-comfy\",\"version\":" << jsonStr(opt.toolVersion) << ",\"method\":" << jsonStr(opt.method)
      << ",\"precision\":" << jsonStr(prec) << ",\"rank\":" << rank << ",\"lowrank\":" << jsonStr(lowrank)
-     << ",\"refine_iters\":" << opt.layer.refineIters << ",\"grid_step\":" << jsonNum(opt.layer.gridStep)
+     << ",\"refine_iters\":" << opt.layer.refineIters << ",\"refine_tol\":" << jsonNum(opt.layer.refineTol) << ",\"grid_step\":" << jsonNum(opt.layer.gridStep)
      << ",\"grid\":\"" << (opt.layer.exhaustiveGrid ? "exhaustive" : "coarse-to-fine") << "\"" << ",\"gptq\":" << (opt.layer.gptq ? "true" : "false")
      << ",\"adaln\":" << jsonStr(opt.adaln16 ? "16bit" : "w4a16")
      << ",\"calibration\":" << jsonStr(calibSource) << ",\"calib_rows\":" << col.rows

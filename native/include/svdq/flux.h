@@ -92,7 +92,6 @@ class FluxModel {
   std::map<std::string, std::unique_ptr<Linear>> linears;  // BFL layer names without ".weight"
   std::vector<std::string> linearNames() const;            // in execution order
   Linear& linear(const std::string& name) const;
-  void replaceLinear(const std::string& name, std::unique_ptr<Linear> layer);
   size_t weightBytes() const;
   size_t memoryLimitBytes = 0;
   const std::map<std::string, Tensor>& norms() const { return norms_; }  // QK-norm scales, BFL names

@@ -199,14 +199,6 @@ Linear& FluxModel::linear(const std::string& name) const {
   return *it->second;
 }
 
-void FluxModel::replaceLinear(const std::string& name, std::unique_ptr<Linear> layer) {
-  Linear& old = linear(name);
-  if (layer->inFeatures() != old.inFeatures() || layer->outFeatures() != old.outFeatures())
-    throw Error("replacement for layer '" + name + "' has a different shape");
-  layer->loras = std::move(old.loras);
-  linears[name] = std::move(layer);
-}
-
 size_t FluxModel::weightBytes() const {
   size_t n = 0;
   for (const auto& kv : linears) n += kv.second->weightBytes();

@@ -139,18 +139,37 @@ Napi::Value GptqInt4(const Napi::CallbackInfo& info) {
     return o;
   });
 }
-// svd(A, m, n, r, 'exact'|'randomized'|'auto') -> {U, S, Vt}
+std::string str(Napi::Object o, const char* k, const char* def) {
+  return o.Has(k) && !o.Get(k).IsUndefined() ? o.Get(k).ToString().Utf8Value() : def;
+}
+double dbl(Napi::Object o, const char* k, double def) {
+  return o.Has(k) && o.Get(k).IsNumber() ? o.Get(k).As<Napi::Number>().DoubleValue() : def;
+}
+// svd(A, m, n, r, 'exact'|'randomized'|'auto', {powerIters?, oversample?, start? [rows, n]}) -> {U, S, Vt}
+// (the options apply to 'randomized')
 Napi::Value SvdTop(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
     int64_t m = num(info, 1, "m"), n = num(info, 2, "n"), r = num(info, 3, "r");
     const float* A = arr<float>(info, 0, m * n, "A");
     std::string how = info.Length() > 4 ? info[4].ToString().Utf8Value() : "auto";
-    Svd s = how == "exact" ? svdExact(A, m, n, r) : how == "randomized" ? svdRandomized(A, m, n, r) : svdTopR(A, m, n, r);
-    Napi::Object o = Napi::Object::New(info.Env());
-    o.Set("U", out<Napi::Float32Array>(info.Env(), s.U));
-    o.Set("S", out<Napi::Float32Array>(info.Env(), s.S));
-    o.Set("Vt", out<Napi::Float32Array>(info.Env(), s.Vt));
-    return o;
+    Napi::Object o = info.Length() > 5 && info[5].IsObject() ? info[5].As<Napi::Object>() : Napi::Object::New(info.Env());
+    const float* start = nullptr;
+    int64_t startRows = 0;
+    if (o.Has("start") && o.Get("start").IsTypedArray()) {
+      auto st = o.Get("start").As<Napi::Float32Array>();
+      if (st.ElementLength() % n) throw Error("svd: start has " + std::to_string(st.ElementLength()) + " values, not rows of " + std::to_string(n));
+      start = st.Data(), startRows = static_cast<int64_t>(st.ElementLength()) / n;
+    }
+    Svd s = how == "exact" ? svdExact(A, m, n, r)
+            : how == "randomized"
+                ? svdRandomized(A, m, n, r, static_cast<int>(dbl(o, "powerIters", 4)), static_cast<int>(dbl(o, "oversample", 16)),
+                                1234, start, startRows)
+                : svdTopR(A, m, n, r);
+    Napi::Object res = Napi::Object::New(info.Env());
+    res.Set("U", out<Napi::Float32Array>(info.Env(), s.U));
+    res.Set("S", out<Napi::Float32Array>(info.Env(), s.S));
+    res.Set("Vt", out<Napi::Float32Array>(info.Env(), s.Vt));
+    return res;
   });
 }
 
@@ -171,12 +190,6 @@ LowRankMode lowrankArg(const std::string& s) {
   if (s == "corda") return LowRankMode::Corda;
   if (s == "whiten") return LowRankMode::Whiten;
   throw Error("unknown low-rank mode '" + s + "' (svd | corda | whiten)");
-}
-std::string str(Napi::Object o, const char* k, const char* def) {
-  return o.Has(k) && !o.Get(k).IsUndefined() ? o.Get(k).ToString().Utf8Value() : def;
-}
-double dbl(Napi::Object o, const char* k, double def) {
-  return o.Has(k) && o.Get(k).IsNumber() ? o.Get(k).As<Napi::Number>().DoubleValue() : def;
 }
 
 // quantizeLayer({W, N, K, bias?, sample, S, x?, M?, precision, method, lowrank, rank, refine, refineTol, gridStep, unsignedShift, gptq})

@@ -73,7 +73,11 @@ export interface QuantBinding {
   gemmW4A4Int4(qa: Int8Array, ascale: Float32Array, M: number, qw: Int8Array, wscale: Float32Array, N: number, K: number): Float32Array;
   /** GPTQ of W [N, K] (INT4 g64, the runtime grid) against the input rows X [S, K]. */
   gptqInt4(W: Float32Array, N: number, K: number, X: Float32Array, S: number, percdamp?: number): { q: Int8Array; scales: Float32Array };
-  svd(A: Float32Array, m: number, n: number, r: number, how?: 'exact' | 'randomized' | 'auto'): { U: Float32Array; S: Float32Array; Vt: Float32Array };
+  /** opts apply to 'randomized': power iterations (4), oversampling (16), start: rows [k, n] seeding the range finder. */
+  svd(
+    A: Float32Array, m: number, n: number, r: number, how?: 'exact' | 'randomized' | 'auto',
+    opts?: { powerIters?: number; oversample?: number; start?: Float32Array },
+  ): { U: Float32Array; S: Float32Array; Vt: Float32Array };
   quantizeLayer(args: QuantizeLayerArgs): QuantizedLayerParts;
   /** Resolves with the JSON report; the promise's cancel() stops it at the next layer (no output left). */
   quantizeCheckpoint(

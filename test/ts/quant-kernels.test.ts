@@ -127,6 +127,28 @@ function checkSvd(t: import('ava').ExecutionContext, m: number, n: number, r: nu
 test('top-r SVD (LAPACK) equals a float64 reference SVD up to sign', (t) => checkSvd(t, 60, 48, 6, 'exact', 31));
 test('randomized top-r SVD equals a float64 reference SVD up to sign', (t) => checkSvd(t, 120, 90, 8, 'randomized', 41));
 
+test('randomized SVD warm start: from the right singular vectors, no power iteration is needed', (t) => {
+  // A slowly decaying spectrum, where one pass from random directions is visibly off.
+  const m = 200, n = 150, r = 8;
+  const base = gaussian(m * n, 51);
+  const A0 = new Matrix(m, n);
+  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) A0.set(i, j, base[i * n + j]);
+  const d = new SingularValueDecomposition(A0);
+  const sv = Array.from({ length: n }, (_, i) => Math.pow(0.97, i));
+  const Am = d.leftSingularVectors.subMatrix(0, m - 1, 0, n - 1).mmul(Matrix.diag(sv)).mmul(d.rightSingularVectors.transpose());
+  const flat = new Float32Array(m * n);
+  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) flat[i * n + j] = Am.get(i, j);
+  const exact = q.svd(flat, m, n, r, 'exact');
+  const maxErr = (S: Float32Array) => Math.max(...Array.from(S, (v, i) => Math.abs(v - sv[i]!) / sv[0]!));
+  const cold = q.svd(flat, m, n, r, 'randomized', { powerIters: 0, oversample: 8 });
+  const warm = q.svd(flat, m, n, r, 'randomized', { powerIters: 0, oversample: 8, start: exact.Vt });
+  t.log({ cold: maxErr(cold.S), warm: maxErr(warm.S) });
+  t.true(maxErr(exact.S) < 1e-4);
+  t.true(maxErr(warm.S) < 1e-4, `warm ${maxErr(warm.S)}`);
+  t.true(maxErr(cold.S) > 10 * maxErr(warm.S), `cold ${maxErr(cold.S)}`);
+  t.throws(() => q.svd(flat, m, n, r, 'randomized', { start: new Float32Array(n + 1) }), { message: /start has 151 values, not rows of 150/ });
+});
+
 test('SVD rejects a rank beyond min(m, n)', (t) => {
   t.throws(() => q.svd(new Float32Array(12), 3, 4, 4), { message: /rank 4 out of range for a \[3, 4\] matrix/ });
 });

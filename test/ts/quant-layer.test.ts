@@ -51,6 +51,21 @@ test('on outlier activations SVDQuant beats SmoothQuant and naive W4A4; refineme
   t.true(w4a16 < naive, 'weight-only is easier than W4A4');
 });
 
+test('a sample larger than the search subset: the reported error is the whole sample\'s; refine-tol only stops earlier', (t) => {
+  // The smoothing search scores on 128 rows; refinement and the reported error must use all 300.
+  const S2 = 300, l = outlierLayer(N, K, S2, 17);
+  const run = (refineTol: number) =>
+    q.quantizeLayer({ W: l.W, N, K, bias, sample: l.X, S: S2, rank: 16, refine: 8, refineTol, gridStep: 0.25 });
+  const loose = run(0.05), strict = run(0);
+  t.log({ loose: [loose.refineSteps, loose.relError], strict: [strict.refineSteps, strict.relError] });
+  for (const p of [loose, strict]) {
+    t.true(Number.isFinite(p.relError));
+    t.true(Math.abs(p.relError - p.sampleRelError) <= 1e-4 * p.sampleRelError, `reported ${p.relError} vs kernel ${p.sampleRelError}`);
+  }
+  t.true(strict.refineSteps >= loose.refineSteps, 'a tolerance never refines longer');
+  t.true(strict.relError <= loose.relError * (1 + 1e-9), 'the same iterates, the best kept');
+});
+
 test('coarse-to-fine smoothing search: a fine-grid point, within a few percent of the exhaustive search', (t) => {
   const run = (exhaustiveGrid: boolean) =>
     q.quantizeLayer({ W: layer.W, N, K, bias, sample: layer.X, S, rank: 16, refine: 0, gridStep: 0.05, exhaustiveGrid });

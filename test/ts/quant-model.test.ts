@@ -8,6 +8,7 @@ import { Engine } from '../../sidecar/engine/engine.ts';
 import type { ForwardInputs, TensorData } from '../../sidecar/engine/types.ts';
 import { quantNative } from '../../sidecar/quant/native.ts';
 import { quantizeCheckpoint } from '../../sidecar/quant/quantize.ts';
+import { parseQuantizeArgs } from '../../sidecar/cli/quantize.ts';
 import { makeInputs, makeOutlierFlux, writeSafetensors } from '../../tools/fixtures/outlier-flux.ts';
 import { tinyOutlierModel } from './helpers/outlier-model.ts';
 
@@ -53,6 +54,7 @@ test.serial('quantized tiny model: documented layout, loads in the engine, outpu
   const sv = JSON.parse(h.__metadata__.svdq);
   t.regex(sv.calibration, /^file:calib\.safetensors/);
   t.true(sv.kept_16bit.includes('final_layer.linear'));
+  t.is(sv.refine_tol, 0.001, 'the refinement stop rule is recorded');
 
   const inputs = makeInputs(cfg, 1, 77, 8, 16);
   const fi = Object.fromEntries([...inputs].map(([k, v]) => [k, tensor(v.shape, v.data)])) as unknown as ForwardInputs;
@@ -106,6 +108,9 @@ test.serial('bad input: clear errors, and no output (or temporary) left behind',
   });
   await t.throwsAsync(quantizeCheckpoint({ input: model, output: model, ...fast }), { message: /output exists \(pass --force/ });
   await t.throwsAsync(quantizeCheckpoint({ input: model, output: out, ...fast, method: 'gptq' as 'naive' }), { message: /unknown method 'gptq'/ });
+  const tol = parseQuantizeArgs([model, '-o', out, '--refine-tol', '1.5']).opts;
+  t.is(tol.refineTol, 1.5);
+  await t.throwsAsync(quantizeCheckpoint(tol), { message: /refine tolerance must be in \[0, 1\), got 1\.5/ });
   const ac = new AbortController();
   const p = quantizeCheckpoint({ input: model, output: out, ...fast }, { signal: ac.signal, onProgress: (d) => d === 2 && ac.abort() });
   await t.throwsAsync(p, { name: 'AbortError' });

@@ -335,6 +335,7 @@ Napi::Value QuantizeCheckpoint(const Napi::CallbackInfo& info) {
     p.adaln16 = str(o, "adaln", "w4a16") == "16bit";
     p.calibRows = static_cast<int>(dbl(o, "calibRows", 256));
     p.randomCalibSets = static_cast<int>(dbl(o, "randomCalibSets", 2));
+    p.calibBatch = static_cast<int>(dbl(o, "calibBatch", 0));
     p.unsignedGelu = !(o.Has("unsignedGelu") && !o.Get("unsignedGelu").ToBoolean());
     p.toolVersion = str(o, "toolVersion", "0.1.0");
   } catch (const std::exception& e) {

@@ -59,6 +59,7 @@ export interface NativeQuantizeOptions extends QuantizeOptions {
   adaln?: 'w4a16' | '16bit';
   calibRows?: number;
   randomCalibSets?: number;
+  calibBatch?: number;
   unsignedGelu?: boolean;
   toolVersion?: string;
 }

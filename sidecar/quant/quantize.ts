@@ -55,6 +55,8 @@ export interface QuantizeExtras {
   adaln?: 'w4a16' | '16bit';
   calibRows?: number;
   randomCalibSets?: number;
+  /** Most calibration sets per forward (default: as many of one shape as 2 GiB of activations allow). */
+  calibBatch?: number;
   unsignedGelu?: boolean;
 }
 

@@ -89,6 +89,24 @@ test.serial('on the outlier model SVDQuant is clearly better than naive and Smoo
   t.true(svdq < 0.8 * smooth, 'vs SmoothQuant');
 });
 
+test.serial('calibration sets run batched record what set-by-set calibration records', async (t) => {
+  // The same calibration file, one forward for all sets (the default) and one per set.
+  const layersOf = async (calibBatch: number | undefined) => {
+    const out = join(dir, `b-${calibBatch ?? 'all'}.safetensors`);
+    const r = await quantizeCheckpoint({ input: model, output: out, force: true, ...fast, calibBatch });
+    return r.svdq.layers.filter((l) => l.relError !== null);
+  };
+  const batched = await layersOf(undefined), single = await layersOf(1);
+  t.is(batched.length, single.length);
+  t.true(batched.length > 10);
+  for (let i = 0; i < batched.length; i++) {
+    const a = batched[i]!, b = single[i]!;
+    t.is(a.name, b.name);
+    t.is(a.smoothing, b.smoothing, a.name);
+    t.true(Math.abs(a.relError! - b.relError!) <= 1e-3 * b.relError!, `${a.name}: ${a.relError} vs ${b.relError}`);
+  }
+});
+
 test.serial('bad input: clear errors, and no output (or temporary) left behind', async (t) => {
   const out = join(dir, 'bad.safetensors');
   await t.throwsAsync(quantizeCheckpoint({ input: model, output: out, ...fast, rank: 65 }), {
@@ -112,7 +130,7 @@ test.serial('bad input: clear errors, and no output (or temporary) left behind',
   t.is(tol.refineTol, 1.5);
   await t.throwsAsync(quantizeCheckpoint(tol), { message: /refine tolerance must be in \[0, 1\), got 1\.5/ });
   const ac = new AbortController();
-  const p = quantizeCheckpoint({ input: model, output: out, ...fast }, { signal: ac.signal, onProgress: (d) => d === 2 && ac.abort() });
+  const p = quantizeCheckpoint({ input: model, output: out, ...fast }, { signal: ac.signal, onProgress: (d) => d >= 2 && ac.abort() });
   await t.throwsAsync(p, { name: 'AbortError' });
   t.false(existsSync(out));
   t.deepEqual(readdirSync(dir).filter((f) => f.startsWith('bad')), [], 'no temporaries');

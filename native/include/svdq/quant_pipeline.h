@@ -20,6 +20,7 @@ struct PipelineOptions {
   bool unsignedGelu = true;   // try shifted unsigned activations on GELU-fed layers (MLP out)
   int calibRows = 256;        // rows of input kept per layer
   int randomCalibSets = 2;    // random input sets when no calibration file is given
+  int calibBatch = 0;         // most sets per calibration forward; 0: as many of one shape as 2 GiB of activations allow
   std::string toolVersion = "0.1.0";
   const std::atomic<int>* cancel = nullptr;  // non-zero: stop between layers, no output left behind
 };

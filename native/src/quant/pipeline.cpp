@@ -110,6 +110,35 @@ Tensor slice0(const Tensor& t, int64_t b) {
   return o;
 }
 
+// Calibration sets of one shape run as one batch: a forward reads every weight once (from disk, for a
+// model larger than the page cache: 22 GiB for FLUX.1-dev), so a batch of B sets costs one pass, not B.
+constexpr size_t kCalibBatchBytes = size_t{2} << 30;  // activation budget of one calibration forward
+
+bool sameShapes(const FluxInputs& a, const FluxInputs& b) {
+  return a.x.shape == b.x.shape && a.context.shape == b.context.shape && a.y.shape == b.y.shape &&
+         a.guidance.has_value() == b.guidance.has_value();
+}
+
+// Sets [from, to) stacked along the batch dimension (each set has batch 1).
+FluxInputs stackSets(const std::vector<FluxInputs>& sets, size_t from, size_t to) {
+  auto stack = [&](auto field) {
+    const Tensor& first = field(sets[from]);
+    std::vector<int64_t> shape = first.shape;
+    shape[0] = static_cast<int64_t>(to - from);
+    Tensor t(shape);
+    for (size_t i = from; i < to; ++i)
+      std::copy(field(sets[i]).data.begin(), field(sets[i]).data.end(), t.data.begin() + (i - from) * first.numel());
+    return t;
+  };
+  FluxInputs b;
+  b.x = stack([](const FluxInputs& s) -> const Tensor& { return s.x; });
+  b.timestep = stack([](const FluxInputs& s) -> const Tensor& { return s.timestep; });
+  b.context = stack([](const FluxInputs& s) -> const Tensor& { return s.context; });
+  b.y = stack([](const FluxInputs& s) -> const Tensor& { return s.y; });
+  if (sets[from].guidance) b.guidance = stack([](const FluxInputs& s) -> const Tensor& { return *s.guidance; });
+  return b;
+}
+
 }  // namespace
 
 std::vector<FluxInputs> loadInputSets(const std::string& path, const FluxConfig& cfg, int randomSets, uint64_t seed,
@@ -221,14 +250,22 @@ std::string quantizeCheckpoint(const PipelineOptions& opt, const PipelineProgres
   auto checkCancel = [&] {
     if (opt.cancel && opt.cancel->load()) throw Error("cancelled");
   };
-  for (size_t i = 0; i < sets.size(); ++i) {
-    try {
-      model->forward(sets[i], &hooks);
-    } catch (const Error& e) {
-      throw Error((opt.calib.empty() ? std::string("random calibration") : opt.calib) + ": calibration set " +
-                  std::to_string(i) + " does not fit the model: " + e.what());
+  for (size_t i = 0, j; i < sets.size(); i = j) {
+    const int64_t imageTokens = sets[i].x.numel() / (cfg.inChannels * cfg.patch * cfg.patch),
+                  textTokens = sets[i].context.size(1);
+    for (j = i + 1; j < sets.size() && sameShapes(sets[i], sets[j]) &&
+                    (opt.calibBatch <= 0 || j - i < static_cast<size_t>(opt.calibBatch)) &&
+                    model->forwardBytes(static_cast<int64_t>(j + 1 - i), imageTokens, textTokens) <= kCalibBatchBytes;
+         ++j) {
     }
-    if (progress) progress(static_cast<int64_t>(i + 1), total, "calibrate");
+    try {
+      model->forward(j - i == 1 ? sets[i] : stackSets(sets, i, j), &hooks);
+    } catch (const Error& e) {
+      throw Error((opt.calib.empty() ? std::string("random calibration") : opt.calib) + ": calibration set" +
+                  (j - i == 1 ? " " + std::to_string(i) : "s " + std::to_string(i) + ".." + std::to_string(j - 1)) +
+                  " does not fit the model: " + e.what());
+    }
+    if (progress) progress(static_cast<int64_t>(j), total, "calibrate");
   }
   const double calibSeconds = std::chrono::duration<double>(clock::now() - t0).count();
 

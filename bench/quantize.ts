@@ -73,7 +73,8 @@ function writeModel(path: string, specs: TensorSpec[], note: string): void {
     header[t.name] = { dtype: 'BF16', shape: t.shape, data_offsets: [offset, offset + bytes] };
     offset += bytes;
   }
-  const json = Buffer.from(JSON.stringify(header).padEnd(Math.ceil(JSON.stringify(header).length / 8) * 8, ' '));
+  const text = JSON.stringify(header);
+  const json = Buffer.from(text.padEnd(Math.ceil(text.length / 8) * 8, ' '));  // data starts 8-aligned
   const len = Buffer.alloc(8);
   len.writeBigUInt64LE(BigInt(json.length));
   const fd = openSync(path, 'w');
@@ -113,7 +114,7 @@ try {
   if (r.status !== 0) throw new Error(`svdq quantize failed (${r.status})`);
   const rep = JSON.parse(r.stdout) as QuantizeReport;
   const sum = (re: RegExp) => rep.svdq.layers.filter((l) => re.test(l.name)).reduce((a, l) => a + l.seconds, 0);
-  const perDouble = sum(/^double_blocks\./) / D, perSingle = S ? sum(/^single_blocks\./) / S : 0;
+  const perDouble = D ? sum(/^double_blocks\./) / D : 0, perSingle = S ? sum(/^single_blocks\./) / S : 0;
   const rest = rep.seconds - rep.calibSeconds - sum(/^(double|single)_blocks\./);
   // Calibration runs the whole 16-bit model: it scales with the block count like the weights do.
   const weight = (d: number, s: number) => d * 36 + s * 15;  // block weights in units of hidden^2

@@ -1,14 +1,14 @@
 // CPU reference kernels (see svdq/ops.h).
 #include "svdq/ops.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <thread>
+
+#include "svdq/blas.h"
 
 namespace svdq::cpu {
 
@@ -27,7 +27,6 @@ int threads() {
   return n > 0 ? n : hardwareThreads();
 }
 
-
 void linear(const float* x, int64_t M, int64_t K, const float* w, int64_t N, const float* bias, float* y, int64_t ldy) {
   if (ldy < 0) ldy = N;
   if (M == 0 || N == 0) return;
@@ -36,12 +35,12 @@ void linear(const float* x, int64_t M, int64_t K, const float* w, int64_t N, con
     for (int64_t m = 0; m < M; m++) std::memcpy(y + m * ldy, bias, N * sizeof(float));
     beta = 1.f;
   }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, x, K, w, K, beta, y, ldy);
+  blas::sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, x, K, w, K, beta, y, ldy);
 }
 
 void gemmNtAccumulate(const float* a, int64_t M, int64_t K, const float* b, int64_t N, float alpha, float* y) {
   if (M == 0 || N == 0 || K == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, alpha, a, K, b, K, 1.f, y, N);
+  blas::sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, alpha, a, K, b, K, 1.f, y, N);
 }
 
 void layerNorm(float* x, int64_t rows, int64_t dim, float eps) {
@@ -136,7 +135,7 @@ void attentionHead(const float* q, const float* k, const float* v, int64_t L, in
   std::vector<float> s(static_cast<size_t>(std::min(block, L) * L));
   for (int64_t q0 = 0; q0 < L; q0 += block) {
     const int64_t rows = std::min(block, L - q0);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, L, D, scale, q + q0 * qkvStride, qkvStride, k, qkvStride,
+    blas::sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, L, D, scale, q + q0 * qkvStride, qkvStride, k, qkvStride,
                 0.f, s.data(), L);
     for (int64_t r = 0; r < rows; r++) {
       float* p = s.data() + r * L;
@@ -155,7 +154,7 @@ void attentionHead(const float* q, const float* k, const float* v, int64_t L, in
       const float inv = static_cast<float>(1.0 / sum);
       for (int64_t j = 0; j < L; j++) p[j] *= inv;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, L, 1.f, s.data(), L, v, qkvStride, 0.f,
+    blas::sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, D, L, 1.f, s.data(), L, v, qkvStride, 0.f,
                 out + q0 * outStride, outStride);
   }
 }

@@ -1,11 +1,9 @@
 // GPTQ on the runtime's 4-bit grids (see svdq/quant_gptq.h).
-#include <cblas.h>
-#include <lapacke.h>
-
 #include <algorithm>
 #include <cmath>
 #include <string>
 
+#include "svdq/blas.h"
 #include "svdq/quant_gptq.h"
 #include "svdq/quant_kernels.h"
 #include "svdq/tensor.h"
@@ -14,7 +12,7 @@ namespace svdq::quant {
 
 std::vector<float> gptqInverseHessianFactor(const float* X, int64_t S, int64_t K, double percdamp) {
   std::vector<double> Xd(X, X + S * K), H(static_cast<size_t>(K * K), 0.0);
-  cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, K, S, 1.0, Xd.data(), K, 0.0, H.data(), K);
+  blas::dsyrk(CblasRowMajor, CblasUpper, CblasTrans, K, S, 1.0, Xd.data(), K, 0.0, H.data(), K);
   double sum = 0;
   int64_t live = 0;
   for (int64_t k = 0; k < K; ++k)
@@ -39,9 +37,9 @@ std::vector<float> gptqInverseHessianFactor(const float* X, int64_t S, int64_t K
       throw Error(std::string("GPTQ: ") + step + " failed (info " + std::to_string(info) +
                   "): the damped calibration Hessian is not positive definite");
   };
-  check(LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', K, H.data(), K), "Cholesky of H");
-  check(LAPACKE_dpotri(LAPACK_ROW_MAJOR, 'U', K, H.data(), K), "inverse of H");
-  check(LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', K, H.data(), K), "Cholesky of H^-1");
+  check(lapack::dpotrf(LAPACK_ROW_MAJOR, 'U', K, H.data(), K), "Cholesky of H");
+  check(lapack::dpotri(LAPACK_ROW_MAJOR, 'U', K, H.data(), K), "inverse of H");
+  check(lapack::dpotrf(LAPACK_ROW_MAJOR, 'U', K, H.data(), K), "Cholesky of H^-1");
   for (int64_t i = 0; i < K; ++i)
     for (int64_t j = i; j < K; ++j) U[i * K + j] = static_cast<float>(H[i * K + j]);
   return U;
@@ -111,7 +109,7 @@ void gptqSweep(float* W, int64_t N, int64_t K, const std::vector<float>& U, Grid
       }
     }
     if (i2 < K)  // W[:, i2:] -= E · U[i1:i2, i2:]
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K - i2, B, -1.f, err.data(), B, U.data() + i1 * K + i2, K,
+      blas::sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K - i2, B, -1.f, err.data(), B, U.data() + i1 * K + i2, K,
                   1.f, W + i2, K);
   }
 }

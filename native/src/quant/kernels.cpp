@@ -1,7 +1,4 @@
 // CPU reference of the SVDQuant numeric primitives (see svdq/quant_kernels.h for the contract).
-#include <cblas.h>
-#include <lapacke.h>
-
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -9,6 +6,7 @@
 #include <random>
 #include <string>
 
+#include "svdq/blas.h"
 #include "svdq/parallel.h"
 #include "svdq/quant_kernels.h"
 #include "svdq/tensor.h"
@@ -161,7 +159,6 @@ void unpackNibbles(const uint8_t* in, int64_t n, int8_t* q, bool isSigned) {
   }
 }
 
-
 void gemmW4A4Int4(const int8_t* qa, const float* as, int64_t M, const int8_t* qw, const float* ws, int64_t N,
                   int64_t K, float* y) {
   requireGroups(K, kInt4Group, "gemmW4A4Int4");
@@ -215,12 +212,12 @@ Svd svdExact(const float* A, int64_t m, int64_t n, int64_t r) {
   if (r < 1 || r > k) throw Error("svd: rank " + std::to_string(r) + " out of range for a [" + std::to_string(m) + ", " +
                                   std::to_string(n) + "] matrix");
   std::vector<float> a(A, A + m * n), s(k), u(m * k), vt(k * n);
-  lapack_int info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', m, n, a.data(), n, s.data(), u.data(), k, vt.data(), n);
+  lapack_int info = lapack::sgesdd(LAPACK_ROW_MAJOR, 'S', m, n, a.data(), n, s.data(), u.data(), k, vt.data(), n);
   if (info != 0) {
     // gesdd's divide and conquer can fail to converge on hard inputs; gesvd is slower but sturdier.
     a.assign(A, A + m * n);
     std::vector<float> superb(k);
-    info = LAPACKE_sgesvd(LAPACK_ROW_MAJOR, 'S', 'S', m, n, a.data(), n, s.data(), u.data(), k, vt.data(), n,
+    info = lapack::sgesvd(LAPACK_ROW_MAJOR, 'S', 'S', m, n, a.data(), n, s.data(), u.data(), k, vt.data(), n,
                           superb.data());
     if (info != 0) throw Error("svd: LAPACK failed to converge (info " + std::to_string(info) + ")");
   }
@@ -236,8 +233,8 @@ Svd svdExact(const float* A, int64_t m, int64_t n, int64_t r) {
 // Orthonormalises the columns of a row-major [m, l] matrix in place (thin QR, Q kept).
 static void orthonormalize(std::vector<float>& Y, int64_t m, int64_t l) {
   std::vector<float> tau(l);
-  if (LAPACKE_sgeqrf(LAPACK_ROW_MAJOR, m, l, Y.data(), l, tau.data()) != 0 ||
-      LAPACKE_sorgqr(LAPACK_ROW_MAJOR, m, l, l, Y.data(), l, tau.data()) != 0)
+  if (lapack::sgeqrf(LAPACK_ROW_MAJOR, m, l, Y.data(), l, tau.data()) != 0 ||
+      lapack::sorgqr(LAPACK_ROW_MAJOR, m, l, l, Y.data(), l, tau.data()) != 0)
     throw Error("svd: QR factorisation failed");
 }
 
@@ -256,23 +253,23 @@ Svd svdRandomized(const float* A, int64_t m, int64_t n, int64_t r, int powerIter
   // random directions, so the range finder starts from the subspace it had already found.
   for (int64_t j = 0; j < std::min(startRows, l); ++j)
     for (int64_t i = 0; i < n; ++i) omega[i * l + j] = start[j * n + i];
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, l, n, 1.f, A, n, omega.data(), l, 0.f, Y.data(), l);
+  blas::sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, l, n, 1.f, A, n, omega.data(), l, 0.f, Y.data(), l);
   orthonormalize(Y, m, l);
   for (int it = 0; it < powerIters; ++it) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, l, m, 1.f, A, n, Y.data(), l, 0.f, Z.data(), l);
+    blas::sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, l, m, 1.f, A, n, Y.data(), l, 0.f, Z.data(), l);
     orthonormalize(Z, n, l);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, l, n, 1.f, A, n, Z.data(), l, 0.f, Y.data(), l);
+    blas::sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, l, n, 1.f, A, n, Z.data(), l, 0.f, Y.data(), l);
     orthonormalize(Y, m, l);
   }
   std::vector<float> B(l * n);  // B = Q^T A  [l, n]
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l, n, m, 1.f, Y.data(), l, A, n, 0.f, B.data(), n);
+  blas::sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, l, n, m, 1.f, Y.data(), l, A, n, 0.f, B.data(), n);
   Svd small = svdExact(B.data(), l, n, r);
   Svd out;
   out.m = m, out.n = n, out.r = r;
   out.S = small.S;
   out.Vt = small.Vt;
   out.U.resize(m * r);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, r, l, 1.f, Y.data(), l, small.U.data(), r, 0.f,
+  blas::sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, r, l, 1.f, Y.data(), l, small.U.data(), r, 0.f,
               out.U.data(), r);
   return out;
 }

@@ -1,11 +1,9 @@
 // The per-layer SVDQuant quantizer (see svdq/quant_layer.h).
-#include <cblas.h>
-#include <lapacke.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
+#include "svdq/blas.h"
 #include "svdq/parallel.h"
 #include "svdq/quant_gptq.h"
 #include "svdq/quant_kernels.h"
@@ -45,7 +43,7 @@ void prepareLowRank(LowRankCtx& c, const std::vector<float>& lambda) {
   for (int64_t s = 0; s < S; ++s)
     for (int64_t k = 0; k < K; ++k) xs[s * K + k] /= lambda[k];
   std::vector<float> C(static_cast<size_t>(K * K), 0.f);
-  cblas_ssyrk(CblasRowMajor, CblasLower, CblasTrans, K, S, 1.f / S, xs.data(), K, 0.f, C.data(), K);
+  blas::ssyrk(CblasRowMajor, CblasLower, CblasTrans, K, S, 1.f / S, xs.data(), K, 0.f, C.data(), K);
   double tr = 0;
   for (int64_t k = 0; k < K; ++k) tr += C[k * K + k];
   const float d = static_cast<float>(std::max(tr / K, 1e-20) * c.damp);
@@ -54,7 +52,7 @@ void prepareLowRank(LowRankCtx& c, const std::vector<float>& lambda) {
     for (int64_t j = i + 1; j < K; ++j) C[i * K + j] = C[j * K + i];
   c.C = C;
   c.G = C;
-  if (LAPACKE_spotrf(LAPACK_ROW_MAJOR, 'L', K, c.G.data(), K) != 0)
+  if (lapack::spotrf(LAPACK_ROW_MAJOR, 'L', K, c.G.data(), K) != 0)
     throw Error(c.name + ": calibration covariance is not positive definite (Cholesky failed)");
   for (int64_t i = 0; i < K; ++i)
     for (int64_t j = i + 1; j < K; ++j) c.G[i * K + j] = 0.f;
@@ -70,7 +68,7 @@ void lowRank(const LowRankCtx& c, const std::vector<float>& M, int64_t N, int64_
   if (c.mode != LowRankMode::Svd) {
     T.resize(M.size());
     const std::vector<float>& R = c.mode == LowRankMode::Whiten ? c.G : c.C;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, K, 1.f, M.data(), K, R.data(), K, 0.f, T.data(), K);
+    blas::sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, K, 1.f, M.data(), K, R.data(), K, 0.f, T.data(), K);
     src = T.data();
   }
   const bool warm = Vt && static_cast<int64_t>(Vt->size()) == r * K;
@@ -81,10 +79,10 @@ void lowRank(const LowRankCtx& c, const std::vector<float>& M, int64_t N, int64_
     for (int64_t j = 0; j < r; ++j) A[n * r + j] = s.U[n * r + j] * s.S[j];
   B = s.Vt;
   if (c.mode == LowRankMode::Whiten) {  // B G = Vt
-    cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, r, K, 1.f, c.G.data(), K, B.data(), K);
+    blas::strsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, r, K, 1.f, c.G.data(), K, B.data(), K);
   } else if (c.mode == LowRankMode::Corda) {  // B C = Vt with C = G G^T
-    cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, r, K, 1.f, c.G.data(), K, B.data(), K);
-    cblas_strsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, r, K, 1.f, c.G.data(), K, B.data(), K);
+    blas::strsm(CblasRowMajor, CblasRight, CblasLower, CblasTrans, CblasNonUnit, r, K, 1.f, c.G.data(), K, B.data(), K);
+    blas::strsm(CblasRowMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, r, K, 1.f, c.G.data(), K, B.data(), K);
   }
 }
 
@@ -145,11 +143,11 @@ double score(const Problem& P, const W4A4Weights& w, const std::vector<float>& d
     }
   }
   std::vector<float> y(static_cast<size_t>(S * N));
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, N, Kp, 1.f, xq.data(), Kp, deqR.data(), Kp, 0.f, y.data(), N);
+  blas::sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, N, Kp, 1.f, xq.data(), Kp, deqR.data(), Kp, 0.f, y.data(), N);
   if (const int64_t r = w.rank()) {
     std::vector<float> t(static_cast<size_t>(S * r));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, r, K, 1.f, P.X.ptr(), K, w.loraDown.ptr(), K, 0.f, t.data(), r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, N, r, 1.f, t.data(), r, w.loraUp.ptr(), r, 1.f, y.data(), N);
+    blas::sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, r, K, 1.f, P.X.ptr(), K, w.loraDown.ptr(), K, 0.f, t.data(), r);
+    blas::sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, N, r, 1.f, t.data(), r, w.loraUp.ptr(), r, 1.f, y.data(), N);
   }
   double e = 0;
   for (size_t i = 0; i < y.size(); ++i) {
@@ -198,7 +196,7 @@ void build(const Problem& P, const std::vector<float>& lambda, const std::vector
       for (int64_t k = 0; k < K; ++k) w.loraDown.data[j * K + k] = roundBf16((*B)[j * K + k] / lambda[k]);
     std::vector<float> As, Bs;
     storedFactors(w, lambda, As, Bs);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, r, -1.f, As.data(), r, Bs.data(), K, 1.f, R.data(), Kp);
+    blas::sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, K, r, -1.f, As.data(), r, Bs.data(), K, 1.f, R.data(), Kp);
   }
   w.qweight.resize(static_cast<size_t>(N * Kp / 2));
   c.deq.resize(R.size());  // (GPTQ overwrites R; only the quantized values are used below)
@@ -277,7 +275,7 @@ double layerRelError(const Linear& layer, const Tensor& W, const std::vector<flo
   const int64_t S = X.size(0), K = W.size(1), N = W.size(0);
   std::vector<float> y(static_cast<size_t>(S * N)), ref(static_cast<size_t>(S * N));
   layer.forward(X.ptr(), S, y.data());
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, N, K, 1.f, X.ptr(), K, W.ptr(), K, 0.f, ref.data(), N);
+  blas::sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, N, K, 1.f, X.ptr(), K, W.ptr(), K, 0.f, ref.data(), N);
   double e = 0, t = 0;
   for (int64_t i = 0; i < S * N; ++i) {
     const double r = ref[i] + (bias.empty() ? 0.f : bias[i % N]);
@@ -309,7 +307,7 @@ LayerQuantResult quantizeW4A4Layer(const std::string& name, const Tensor& W, con
   const int64_t S = cal.sample.size(0);
   {
     std::vector<float> y(static_cast<size_t>(S * N));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, N, K, 1.f, cal.sample.ptr(), K, W.ptr(), K, 0.f, y.data(), N);
+    blas::sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, N, K, 1.f, cal.sample.ptr(), K, W.ptr(), K, 0.f, y.data(), N);
     P.Yref.resize(y.size());
     for (size_t i = 0; i < y.size(); ++i) P.Yref[i] = y[i] + (bias.empty() ? 0.0 : bias[i % N]);
     P.refNorm = l2Norm(P.Yref);

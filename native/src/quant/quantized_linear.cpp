@@ -1,13 +1,12 @@
 // Quantized linear layers on the CPU (the reference arithmetic for the CUDA kernels) and their
 // checkpoint reader/writer. Layout: see svdq/quant.h.
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <optional>
 
 #include "layer_reader.h"
+#include "svdq/blas.h"
 #include "svdq/quant.h"
 #include "svdq/quant_kernels.h"
 #include "svdq/split_linear.h"
@@ -95,8 +94,8 @@ void W4A4Linear::forward(const float* x, int64_t M, float* y) const {
       for (int64_t n = 0; n < N; ++n) y[m * N + n] += w_.bias[n];
   if (const int64_t r = w_.rank()) {
     std::vector<float> t(static_cast<size_t>(M * r));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, r, K, 1.f, x, K, w_.loraDown.ptr(), K, 0.f, t.data(), r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, r, 1.f, t.data(), r, w_.loraUp.ptr(), r, 1.f, y, N);
+    blas::sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, r, K, 1.f, x, K, w_.loraDown.ptr(), K, 0.f, t.data(), r);
+    blas::sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, r, 1.f, t.data(), r, w_.loraUp.ptr(), r, 1.f, y, N);
   }
   applyLoras(*this, x, M, y);
 }
@@ -124,7 +123,7 @@ Tensor W4A16Linear::dequantized() const {
 void W4A16Linear::forward(const float* x, int64_t M, float* y) const {
   const int64_t K = w_.in, N = w_.out;
   Tensor W = dequantized();  // per call: adaLN layers see one row per image, the GEMV dominates anyway
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, x, K, W.ptr(), K, 0.f, y, N);
+  blas::sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.f, x, K, W.ptr(), K, 0.f, y, N);
   if (!w_.bias.empty())
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < N; ++n) y[m * N + n] += w_.bias[n];

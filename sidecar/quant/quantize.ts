@@ -71,10 +71,15 @@ function check(opts: QuantizeOptions & QuantizeExtras): void {
   if (opts.precision && !PRECISIONS.includes(opts.precision))
     throw new Error(`quantize: unknown precision '${opts.precision}' (${PRECISIONS.join(' | ')})`);
   if (opts.lowrank && !LOWRANKS.includes(opts.lowrank)) throw new Error(`quantize: unknown low-rank mode '${opts.lowrank}' (${LOWRANKS.join(' | ')})`);
-  if (opts.rank !== undefined && (!Number.isInteger(opts.rank) || opts.rank < 1))
-    throw new Error(`quantize: rank must be a positive integer, got ${opts.rank}`);
-  if (opts.refine !== undefined && (!Number.isInteger(opts.refine) || opts.refine < 0))
-    throw new Error(`quantize: refine must be a non-negative integer, got ${opts.refine}`);
+  const integer = (what: string, v: number | undefined, min: number) => {
+    if (v !== undefined && (!Number.isInteger(v) || v < min))
+      throw new Error(`quantize: ${what} must be ${min > 0 ? 'a positive' : 'a non-negative'} integer, got ${v}`);
+  };
+  integer('rank', opts.rank, 1);
+  integer('refine', opts.refine, 0);
+  integer('calibration rows', opts.calibRows, 1);
+  integer('random calibration sets', opts.randomCalibSets, 1);
+  integer('calibration batch', opts.calibBatch, 1);
   if (opts.refineTol !== undefined && !(opts.refineTol >= 0 && opts.refineTol < 1))
     throw new Error(`quantize: refine tolerance must be in [0, 1), got ${opts.refineTol}`);
   if (opts.gridStep !== undefined && !(opts.gridStep > 0 && opts.gridStep < 0.5))

@@ -129,6 +129,14 @@ test.serial('bad input: clear errors, and no output (or temporary) left behind',
   const tol = parseQuantizeArgs([model, '-o', out, '--refine-tol', '1.5']).opts;
   t.is(tol.refineTol, 1.5);
   await t.throwsAsync(quantizeCheckpoint(tol), { message: /refine tolerance must be in \[0, 1\), got 1\.5/ });
+  for (const [extra, msg] of [
+    [{ rank: 0 }, /rank must be a positive integer, got 0/],
+    [{ refine: 1.5 }, /refine must be a non-negative integer, got 1\.5/],
+    [{ calibRows: 0 }, /calibration rows must be a positive integer, got 0/],
+    [{ randomCalibSets: -1 }, /random calibration sets must be a positive integer, got -1/],
+    [{ calibBatch: 0.5 }, /calibration batch must be a positive integer, got 0\.5/],
+  ] as const)
+    await t.throwsAsync(quantizeCheckpoint({ input: model, output: out, ...fast, ...extra }), { message: msg });
   const ac = new AbortController();
   const p = quantizeCheckpoint({ input: model, output: out, ...fast }, { signal: ac.signal, onProgress: (d) => d >= 2 && ac.abort() });
   await t.throwsAsync(p, { name: 'AbortError' });

@@ -123,6 +123,23 @@ Napi::Value GemmW4A4Int4(const Napi::CallbackInfo& info) {
     return out<Napi::Float32Array>(info.Env(), y);
   });
 }
+// gemmW4A4Nvfp4(ca, agscale, atscale [M], M, cw, wgscale, wtscale, N, K) -> Float32Array [M, N]:
+// E2M1 codes (one per byte) with E4M3 group scales; a per-row activation tensor scale, one for W.
+Napi::Value GemmW4A4Nvfp4(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    int64_t M = num(info, 3, "M"), N = num(info, 7, "N"), K = num(info, 8, "K");
+    if (K % kFp4Group) throw Error("gemmW4A4Nvfp4: K " + std::to_string(K) + " is not a multiple of 16");
+    const uint8_t* ca = arr<uint8_t>(info, 0, M * K, "ca");
+    const uint8_t* ga = arr<uint8_t>(info, 1, M * K / kFp4Group, "agscale");
+    const float* ta = arr<float>(info, 2, M, "atscale");
+    const uint8_t* cw = arr<uint8_t>(info, 4, N * K, "cw");
+    const uint8_t* gw = arr<uint8_t>(info, 5, N * K / kFp4Group, "wgscale");
+    if (!info[6].IsNumber()) throw Error("gemmW4A4Nvfp4: wtscale: expected a number");
+    std::vector<float> y(M * N);
+    gemmW4A4Nvfp4(ca, ga, ta, M, cw, gw, info[6].As<Napi::Number>().FloatValue(), N, K, y.data());
+    return out<Napi::Float32Array>(info.Env(), y);
+  });
+}
 // gptqInt4(W, N, K, X, S, percdamp = 0.01) -> {q: Int8Array, scales: Float32Array}: GPTQ of W [N, K] against the rows X [S, K]
 Napi::Value GptqInt4(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
@@ -409,6 +426,7 @@ void registerQuant(Napi::Env env, Napi::Object exports) {
   q.Set("packNibbles", Napi::Function::New(env, PackNibbles));
   q.Set("unpackNibbles", Napi::Function::New(env, UnpackNibbles));
   q.Set("gemmW4A4Int4", Napi::Function::New(env, GemmW4A4Int4));
+  q.Set("gemmW4A4Nvfp4", Napi::Function::New(env, GemmW4A4Nvfp4));
   q.Set("gptqInt4", Napi::Function::New(env, GptqInt4));
   q.Set("svd", Napi::Function::New(env, SvdTop));
   q.Set("quantizeLayer", Napi::Function::New(env, QuantizeLayer));

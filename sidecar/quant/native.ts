@@ -72,6 +72,10 @@ export interface QuantBinding {
   packNibbles(q: Int8Array): Uint8Array;
   unpackNibbles(packed: Uint8Array, n: number, signed?: boolean): Int8Array;
   gemmW4A4Int4(qa: Int8Array, ascale: Float32Array, M: number, qw: Int8Array, wscale: Float32Array, N: number, K: number): Float32Array;
+  gemmW4A4Nvfp4(
+    ca: Uint8Array, agscale: Uint8Array, atscale: Float32Array, M: number,
+    cw: Uint8Array, wgscale: Uint8Array, wtscale: number, N: number, K: number,
+  ): Float32Array;
   /** GPTQ of W [N, K] (INT4 g64, the runtime grid) against the input rows X [S, K]. */
   gptqInt4(W: Float32Array, N: number, K: number, X: Float32Array, S: number, percdamp?: number): { q: Int8Array; scales: Float32Array };
   /** opts apply to 'randomized': power iterations (4), oversampling (16), start: rows [k, n] seeding the range finder. */

@@ -42,6 +42,27 @@ test('INT4 unsigned: [0, 15], scale = bf16(max/15), zero group stays zero', (t) 
   t.true(e < 0.05, `relative error ${e}`);
 });
 
+test('W4A4 NVFP4 GEMM equals the float64 product of the dequantized operands', (t) => {
+  const M = 6, N = 5, K = 96;
+  // Rows quantized one at a time, each with its own tensor scale (as the engine does per token).
+  const A = gaussian(M * K, 23), rows = Array.from({ length: M }, (_, m) => q.quantizeNvfp4(A.subarray(m * K, (m + 1) * K), 1, K));
+  const ca = new Uint8Array(M * K), ga = new Uint8Array((M * K) / 16), ta = new Float32Array(M);
+  rows.forEach((r, m) => (ca.set(r.codes, m * K), ga.set(r.gscales, (m * K) / 16), (ta[m] = r.tensorScale)));
+  const w = q.quantizeNvfp4(gaussian(N * K, 24, 0.05), N, K);
+  const y = q.gemmW4A4Nvfp4(ca, ga, ta, M, w.codes, w.gscales, w.tensorScale, N, K);
+  const da = rows.map((r) => q.dequantizeNvfp4(r.codes, r.gscales, r.tensorScale, 1, K));
+  const dw = q.dequantizeNvfp4(w.codes, w.gscales, w.tensorScale, N, K);
+  const ref = new Float64Array(M * N);
+  for (let m = 0; m < M; m++)
+    for (let n = 0; n < N; n++) {
+      let acc = 0;
+      for (let k = 0; k < K; k++) acc += da[m]![k]! * dw[n * K + k]!;
+      ref[m * N + n] = acc;
+    }
+  t.true(relErr(y, ref) < 1e-6, `rel ${relErr(y, ref)}`);
+  t.throws(() => q.gemmW4A4Nvfp4(ca, ga, ta, M, w.codes, w.gscales, w.tensorScale, N, 90), { message: /K 90 is not a multiple of 16/ });
+  t.throws(() => q.gemmW4A4Nvfp4(ca, ga, ta.subarray(1), M, w.codes, w.gscales, w.tensorScale, N, K), { message: /atscale/ });
+});
 test('INT4 rejects a row length that is not a multiple of the group', (t) => {
   t.throws(() => q.quantizeInt4(new Float32Array(100), 1, 100), { message: /100 columns is not a multiple of the group size 64/ });
 });

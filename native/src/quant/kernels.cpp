@@ -186,9 +186,18 @@ void gemmW4A4Nvfp4(const uint8_t* ca, const uint8_t* gsa, const float* ats, int6
                    const uint8_t* gsw, float wts, int64_t N, int64_t K, float* y) {
   requireGroups(K, kFp4Group, "gemmW4A4Nvfp4");
   const int64_t G = K / kFp4Group;
+  // Codes and group scales decoded once, not per product (decoding the scales inside the loop was a
+  // third of an NVFP4 forward); the same values in the same order, so the result is unchanged.
   std::vector<float> av(static_cast<size_t>(M * K)), wv(static_cast<size_t>(N * K));
-  for (int64_t i = 0; i < M * K; ++i) av[i] = decodeE2m1(ca[i]);
-  for (int64_t i = 0; i < N * K; ++i) wv[i] = decodeE2m1(cw[i]);
+  std::vector<float> sa(static_cast<size_t>(M * G)), sw(static_cast<size_t>(N * G));
+  parallelFor(M, [&](int64_t m0, int64_t m1) {
+    for (int64_t i = m0 * K; i < m1 * K; ++i) av[i] = decodeE2m1(ca[i]);
+    for (int64_t i = m0 * G; i < m1 * G; ++i) sa[i] = decodeE4m3(gsa[i]);
+  });
+  parallelFor(N, [&](int64_t n0, int64_t n1) {
+    for (int64_t i = n0 * K; i < n1 * K; ++i) wv[i] = decodeE2m1(cw[i]);
+    for (int64_t i = n0 * G; i < n1 * G; ++i) sw[i] = decodeE4m3(gsw[i]);
+  });
   parallelFor(N, [&](int64_t n0, int64_t n1) {
     for (int64_t m = 0; m < M; ++m) {
       for (int64_t n = n0; n < n1; ++n) {
@@ -198,7 +207,7 @@ void gemmW4A4Nvfp4(const uint8_t* ca, const uint8_t* gsa, const float* ats, int6
           const float* ag = av.data() + m * K + g * kFp4Group;
           const float* wg = wv.data() + n * K + g * kFp4Group;
           for (int j = 0; j < kFp4Group; ++j) d += ag[j] * wg[j];
-          acc += d * (decodeE4m3(gsa[m * G + g]) * decodeE4m3(gsw[n * G + g]));
+          acc += d * (sa[m * G + g] * sw[n * G + g]);
         }
         y[m * N + n] = acc * ats[m] * wts;
       }

@@ -188,16 +188,17 @@ void gemmW4A4Nvfp4(const uint8_t* ca, const uint8_t* gsa, const float* ats, int6
   const int64_t G = K / kFp4Group;
   // Codes and group scales decoded once, not per product (decoding the scales inside the loop was a
   // third of an NVFP4 forward); the same values in the same order, so the result is unchanged.
-  std::vector<float> av(static_cast<size_t>(M * K)), wv(static_cast<size_t>(N * K));
-  std::vector<float> sa(static_cast<size_t>(M * G)), sw(static_cast<size_t>(N * G));
-  parallelFor(M, [&](int64_t m0, int64_t m1) {
-    for (int64_t i = m0 * K; i < m1 * K; ++i) av[i] = decodeE2m1(ca[i]);
-    for (int64_t i = m0 * G; i < m1 * G; ++i) sa[i] = decodeE4m3(gsa[i]);
-  });
-  parallelFor(N, [&](int64_t n0, int64_t n1) {
-    for (int64_t i = n0 * K; i < n1 * K; ++i) wv[i] = decodeE2m1(cw[i]);
-    for (int64_t i = n0 * G; i < n1 * G; ++i) sw[i] = decodeE4m3(gsw[i]);
-  });
+  auto decodeRows = [&](const uint8_t* codes, const uint8_t* gscales, int64_t rows, std::vector<float>& values,
+                        std::vector<float>& scales) {
+    values.resize(static_cast<size_t>(rows * K)), scales.resize(static_cast<size_t>(rows * G));
+    parallelFor(rows, [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0 * K; i < r1 * K; ++i) values[i] = decodeE2m1(codes[i]);
+      for (int64_t i = r0 * G; i < r1 * G; ++i) scales[i] = decodeE4m3(gscales[i]);
+    });
+  };
+  std::vector<float> av, sa, wv, sw;
+  decodeRows(ca, gsa, M, av, sa);
+  decodeRows(cw, gsw, N, wv, sw);
   parallelFor(N, [&](int64_t n0, int64_t n1) {
     for (int64_t m = 0; m < M; ++m) {
       for (int64_t n = n0; n < n1; ++n) {
